@@ -1,0 +1,1 @@
+"""Click wrappers behind the ``speechae`` command (one module per area)."""

@@ -1,0 +1,44 @@
+"""The ``speechae`` command.  Every subcommand is a thin wrapper over a library function.
+
+Subcommands live in ``speechae/bin/*.py`` and are imported lazily, so ``speechae --help`` stays
+fast and a recipe stage only pays for the modules it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> "module:attribute" of a click.Command
+COMMANDS: dict[str, str] = {
+    "synth-corpus": "speechae.bin.data:synth_corpus",
+    "prepare-manifests": "speechae.bin.data:prepare_manifests",
+    "compute-fbank": "speechae.bin.data:compute_fbank",
+    "prepare-targets": "speechae.bin.data:prepare_targets",
+    "inspect-data": "speechae.bin.data:inspect_data",
+    "model-summary": "speechae.bin.model:model_summary",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """speechae: continuous-latent speech autoencoder recipes."""
+
+
+if __name__ == "__main__":
+    main()
