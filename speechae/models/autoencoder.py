@@ -1,0 +1,118 @@
+"""The speech autoencoder, composed from an injected encoder, bottleneck and decoder.
+
+See docs/CONTRACTS.md ("Model output") for the public shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from speechae.models.bottleneck import BottleneckOutput
+from speechae.models.scaling import iter_scheduled_floats
+from speechae.models.zipformer import StackOutput
+
+
+@dataclass
+class AEOutput:
+    """Result of :meth:`SpeechAE.forward`.
+
+    recon (B, T, F) and lengths (B,); z (B, T_z, D) -- what the decoder saw, before
+    decoder-input noise; z_mean / z_logvar (gaussian only, else None); z_lengths (B,);
+    encoder_out (B, T_z, C); frame_ratio -- input frames per latent frame; metrics -- floats.
+    """
+
+    recon: Tensor
+    lengths: Tensor
+    z: Tensor
+    z_mean: Tensor | None
+    z_logvar: Tensor | None
+    z_lengths: Tensor
+    encoder_out: Tensor
+    frame_ratio: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EncodeOutput:
+    """Frozen-feature view: z (B, T_z, D) (gaussian: the mean), z_lengths, encoder_out
+    (B, T_z, C), frame_rate of z in Hz, and, on request, every encoder stack's states."""
+
+    z: Tensor
+    z_lengths: Tensor
+    encoder_out: Tensor
+    frame_rate: float
+    stacks: list[StackOutput] | None = None
+
+
+class SpeechAE(nn.Module):
+    """encoder -> bottleneck -> decoder.
+
+    Interfaces of the parts (duck-typed): ``encoder(features, lengths, return_stacks)`` returns
+    an object with ``x``, ``lengths``, ``stacks`` and has ``frame_ratio`` and ``output_dim``;
+    ``bottleneck(x, lengths) -> BottleneckOutput``; ``decoder(z, z_lengths, lengths, T)``.
+    """
+
+    def __init__(self, encoder: nn.Module, bottleneck: nn.Module, decoder: nn.Module,
+                 num_mel_bins: int = 80, input_frame_rate: float = 100.0) -> None:
+        super().__init__()
+        self.encoder, self.bottleneck, self.decoder = encoder, bottleneck, decoder
+        self.num_mel_bins = num_mel_bins
+        self.input_frame_rate = input_frame_rate
+        self.frame_ratio: int = int(encoder.frame_ratio)
+        # Replaces masked input frames (masked prediction objectives); zeros = "no information"
+        # in the scale of the first conv, learned from there.
+        self.mask_embedding = nn.Parameter(torch.zeros(num_mel_bins))
+        self.batch_count = 0.0
+
+    @property
+    def latent_frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.input_frame_rate / self.frame_ratio
+
+    def latent_lengths(self, feature_lens: Tensor) -> Tensor:
+        """Latent frames for ``feature_lens`` input frames: ceil(T / frame_ratio)."""
+        return torch.div(feature_lens + self.frame_ratio - 1, self.frame_ratio, rounding_mode="floor")
+
+    def set_batch_count(self, batch_count: float) -> None:
+        """Drive every ScheduledFloat (skip rates, bypass minima, ...) from the trainer."""
+        self.batch_count = float(batch_count)
+        for sf in iter_scheduled_floats(self):
+            sf.batch_count = self.batch_count
+
+    def _encode(self, features: Tensor, feature_lens: Tensor, input_mask: Tensor | None,
+                return_stacks: bool):
+        if features.shape[-1] != self.num_mel_bins:
+            raise ValueError(f"expected {self.num_mel_bins} mel bins, got {features.shape[-1]}")
+        if input_mask is not None:
+            m = input_mask.unsqueeze(-1)
+            features = torch.where(m, self.mask_embedding.to(features.dtype), features)
+        enc = self.encoder(features, feature_lens, return_stacks=return_stacks)
+        return enc, self.bottleneck(enc.x, enc.lengths)
+
+    def forward(self, features: Tensor, feature_lens: Tensor,
+                input_mask: Tensor | None = None) -> AEOutput:
+        """features: (B, T, F) log-mel, feature_lens: (B,), input_mask: bool (B, T) or None."""
+        enc, bn = self._encode(features, feature_lens, input_mask, False)
+        bn: BottleneckOutput
+        dec_in = bn.decoder_input if bn.decoder_input is not None else bn.z
+        recon = self.decoder(dec_in, bn.lengths, feature_lens, features.shape[1])
+        return AEOutput(recon=recon, lengths=feature_lens, z=bn.z, z_mean=bn.mean,
+                        z_logvar=bn.logvar, z_lengths=bn.lengths, encoder_out=enc.x,
+                        frame_ratio=self.frame_ratio, metrics=dict(bn.metrics))
+
+    @torch.no_grad()
+    def encode(self, features: Tensor, feature_lens: Tensor,
+               return_stacks: bool = False) -> EncodeOutput:
+        """Latents for probes: inference mode (gaussian mean, no noise, no layer skipping);
+        restores the previous train/eval mode afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            enc, bn = self._encode(features, feature_lens, None, return_stacks)
+        finally:
+            self.train(was_training)
+        z = bn.mean if bn.mean is not None else bn.z
+        return EncodeOutput(z, bn.lengths, enc.x, self.latent_frame_rate, enc.stacks)

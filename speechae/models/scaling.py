@@ -1,0 +1,337 @@
+"""Building blocks shared by the Zipformer encoder and the decoder.
+
+* :class:`ScheduledFloat` -- a hyper-parameter that is piecewise linear in the (duration
+  normalised) batch count; the trainer drives it through ``SpeechAE.set_batch_count``.
+* SwooshL / SwooshR activations (closed forms from the Zipformer paper) with a memory-light
+  backward that keeps only the input.
+* :class:`BiasNorm` -- the Zipformer replacement for LayerNorm.
+* :class:`Balancer` and :class:`Whiten` -- *gradient-only* constraints: the forward pass is the
+  identity, the backward pass adds a correction only while a constraint on the activation
+  statistics is violated.
+* :func:`limit_param_value` -- clamp in the forward pass whose gradient never pushes further out.
+* padding helpers (:func:`lengths_to_mask`, :func:`zero_padded`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ScheduledFloat:
+    """A float that is piecewise linear in ``batch_count`` and constant outside its knots.
+
+    ``batch_count`` is a duration-normalised step counter (the trainer scales the raw step by
+    ``batch_duration * world_size / reference_duration``), so schedules mean the same thing for
+    different batch sizes.  Use it wherever a float is expected: ``float(sf)``.
+    ``override`` pins the value (tests, ablations) regardless of the batch count.
+    """
+
+    def __init__(self, *points: tuple[float, float], name: str = "") -> None:
+        if not points:
+            raise ValueError("ScheduledFloat needs at least one (batch_count, value) point")
+        xs = [float(p[0]) for p in points]
+        if xs != sorted(xs):
+            raise ValueError(f"ScheduledFloat knots must be increasing, got {xs}")
+        self.points = [(float(x), float(y)) for x, y in points]
+        self.name = name
+        self.batch_count = 0.0
+        self.override: float | None = None
+
+    def value_at(self, batch_count: float) -> float:
+        """Value of the schedule at ``batch_count`` (ignores ``override``)."""
+        pts = self.points
+        if batch_count <= pts[0][0]:
+            return pts[0][1]
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            if batch_count <= x1:
+                return y0 + (y1 - y0) * (batch_count - x0) / (x1 - x0)
+        return pts[-1][1]
+
+    def __float__(self) -> float:
+        if self.override is not None:
+            return self.override
+        return self.value_at(self.batch_count)
+
+    def __repr__(self) -> str:
+        return f"ScheduledFloat({self.name!r}, {self.points}, now={float(self):.4g})"
+
+
+FloatLike = float | ScheduledFloat
+
+
+def as_schedule(value: FloatLike, name: str) -> ScheduledFloat:
+    """Wrap a constant as a one-knot schedule so every knob can be driven the same way."""
+    if isinstance(value, ScheduledFloat):
+        if not value.name:
+            value.name = name
+        return value
+    return ScheduledFloat((0.0, float(value)), name=name)
+
+
+def iter_scheduled_floats(module: nn.Module) -> Iterator[ScheduledFloat]:
+    """Every ScheduledFloat held as an attribute of ``module`` or its submodules."""
+    for m in module.modules():
+        for v in vars(m).values():
+            if isinstance(v, ScheduledFloat):
+                yield v
+
+
+# ---------------------------------------------------------------------------------------------
+# Swoosh activations
+# ---------------------------------------------------------------------------------------------
+
+# (shift, linear slope, constant): Swoosh(x) = log(1 + e^(x - shift)) - slope * x - constant.
+# The constants make SwooshR(0) = 0 and SwooshL(0) ~= 0 (paper, Sec. 3.5).
+_SWOOSH_R = (1.0, 0.08, 0.313261687)
+_SWOOSH_L = (4.0, 0.08, 0.035)
+
+
+class _SwooshFunction(torch.autograd.Function):
+    """Swoosh with a backward that stores only ``x``; saves one activation-sized tensor per
+    call compared with autograd through softplus (FF hidden layers are the largest tensors)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, shift: float, slope: float, const: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.shift, ctx.slope = shift, slope
+        return F.softplus(x - shift) - slope * x - const
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (torch.sigmoid(x - ctx.shift) - ctx.slope), None, None, None
+
+
+def swoosh_r(x: Tensor) -> Tensor:
+    """SwooshR(x) = log(1 + e^(x-1)) - 0.08 x - 0.313261687."""
+    return _SwooshFunction.apply(x, *_SWOOSH_R)
+
+
+def swoosh_l(x: Tensor) -> Tensor:
+    """SwooshL(x) = log(1 + e^(x-4)) - 0.08 x - 0.035."""
+    return _SwooshFunction.apply(x, *_SWOOSH_L)
+
+
+class SwooshR(nn.Module):
+    """Module wrapper of :func:`swoosh_r`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return swoosh_r(x)
+
+
+class SwooshL(nn.Module):
+    """Module wrapper of :func:`swoosh_l`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return swoosh_l(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# BiasNorm
+# ---------------------------------------------------------------------------------------------
+
+
+class BiasNorm(nn.Module):
+    """``x * mean((x - b)^2)^(-1/2) * exp(log_scale)`` over the channel (last) dim.
+
+    Unlike LayerNorm it does not remove the mean, so the length of the vector can still carry
+    information; the learned bias ``b`` keeps the normaliser away from zero.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        ms = (x - self.bias).pow(2).mean(dim=-1, keepdim=True)
+        return x * (ms + self.eps).rsqrt() * self.log_scale.exp()
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient-only constraints
+# ---------------------------------------------------------------------------------------------
+
+
+def _channel_view(x: Tensor, channel_dim: int) -> Tensor:
+    """(N, C) view with the channel dimension last."""
+    return x.movedim(channel_dim, -1).reshape(-1, x.shape[channel_dim])
+
+
+class _BalancerFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, channel_dim: int, limits: tuple[float, float, float, float],
+                grad_scale: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.channel_dim, ctx.limits, ctx.grad_scale = channel_dim, limits, grad_scale
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        min_pos, max_pos, min_abs, max_abs = ctx.limits
+        dim = ctx.channel_dim % x.ndim
+        xs = _channel_view(x.detach().float(), dim)
+        pos_frac = (xs > 0).float().mean(dim=0)
+        rms = xs.pow(2).mean(dim=0).sqrt()
+        # +1: the channel should move up (too few positives), -1: down, 0: fine.
+        sign_push = (pos_frac < min_pos).float() - (pos_frac > max_pos).float()
+        # +1: magnitudes should grow, -1: shrink.
+        abs_push = (rms < min_abs).float() - (rms > max_abs).float()
+        if not (sign_push.any() or abs_push.any()):
+            return grad, None, None, None
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        g_mag = _channel_view(grad.abs().float(), dim).mean(dim=0) * ctx.grad_scale
+        # Gradient descent moves x by -grad, so subtracting `push * g_mag` moves x by +push.
+        extra = -(sign_push * g_mag).view(shape) - (abs_push * g_mag).view(shape) * x.sign()
+        return grad + extra.to(grad.dtype), None, None, None
+
+
+class Balancer(nn.Module):
+    """Keep per-channel statistics of an activation inside a range, through gradients only.
+
+    Constraints per channel (statistics over all other dims): the fraction of positive values in
+    ``[min_positive, max_positive]`` and the RMS in ``[min_abs, max_abs]``.  The forward pass is
+    the identity.  In backward, a channel that violates a constraint receives an extra gradient
+    of magnitude ``grad_scale * mean|grad|`` (of that channel) that pushes it back; channels that
+    satisfy every constraint get their gradient unchanged.  The check runs with probability
+    ``prob`` per call (it costs a pass over the tensor).
+    """
+
+    def __init__(self, num_channels: int, channel_dim: int = -1, min_positive: FloatLike = 0.05,
+                 max_positive: FloatLike = 0.95, min_abs: FloatLike = 0.2, max_abs: FloatLike = 100.0,
+                 grad_scale: FloatLike = 0.04, prob: FloatLike = 0.25) -> None:
+        super().__init__()
+        self.num_channels, self.channel_dim = num_channels, channel_dim
+        self.min_positive = as_schedule(min_positive, "balancer.min_positive")
+        self.max_positive = as_schedule(max_positive, "balancer.max_positive")
+        self.min_abs = as_schedule(min_abs, "balancer.min_abs")
+        self.max_abs = as_schedule(max_abs, "balancer.max_abs")
+        self.grad_scale = as_schedule(grad_scale, "balancer.grad_scale")
+        self.prob = as_schedule(prob, "balancer.prob")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and x.requires_grad) or random.random() >= float(self.prob):
+            return x
+        limits = (float(self.min_positive), float(self.max_positive),
+                  float(self.min_abs), float(self.max_abs))
+        return _BalancerFunction.apply(x, self.channel_dim, limits, float(self.grad_scale))
+
+
+def whitening_metric(x: Tensor, num_groups: int) -> Tensor:
+    """``mean(eig(C)^2) / mean(eig(C))^2`` of the (uncentred) channel covariance ``C`` per group,
+    averaged over groups; equals 1 iff ``C`` is a multiple of the identity, grows with anisotropy.
+
+    x: (N, C) with C divisible by ``num_groups``.
+    """
+    n, c = x.shape
+    xg = x.reshape(n, num_groups, c // num_groups).transpose(0, 1)  # (G, N, c_g)
+    cov = xg.transpose(1, 2) @ xg / n  # (G, c_g, c_g)
+    d = cov.shape[-1]
+    mean_eig = cov.diagonal(dim1=-2, dim2=-1).sum(-1) / d  # trace / d
+    mean_eig_sq = (cov * cov).sum(dim=(-2, -1)) / d  # trace(C^2) / d for symmetric C
+    return (mean_eig_sq / (mean_eig.pow(2) + 1e-20)).mean()
+
+
+class _WhitenFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, num_groups: int, limit: float, grad_scale: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.num_groups, ctx.limit, ctx.grad_scale = num_groups, limit, grad_scale
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xd = x.detach().float().requires_grad_(True)
+            metric = whitening_metric(xd.reshape(-1, x.shape[-1]), ctx.num_groups)
+            if metric.item() <= ctx.limit:
+                return grad, None, None, None
+            (mgrad,) = torch.autograd.grad(metric, xd)
+        # Scale the correction relative to the incoming gradient so it never dominates it.
+        scale = ctx.grad_scale * grad.float().norm() / (mgrad.norm() + 1e-20)
+        return grad + (mgrad * scale).to(grad.dtype), None, None, None
+
+
+class Whiten(nn.Module):
+    """Discourage a few directions from dominating the channel covariance, via gradients only.
+
+    Forward is the identity.  In backward, if :func:`whitening_metric` of the input exceeds
+    ``whitening_limit``, the gradient of the metric, rescaled to ``grad_scale`` times the norm of
+    the incoming gradient, is added; otherwise the gradient passes unchanged.  Checked with
+    probability ``prob`` per call.  Input: (..., C), channels last.
+    """
+
+    def __init__(self, num_groups: int = 1, whitening_limit: FloatLike = 5.0,
+                 grad_scale: FloatLike = 0.01, prob: FloatLike = 0.25) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.whitening_limit = as_schedule(whitening_limit, "whiten.limit")
+        self.grad_scale = as_schedule(grad_scale, "whiten.grad_scale")
+        self.prob = as_schedule(prob, "whiten.prob")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and x.requires_grad) or random.random() >= float(self.prob):
+            return x
+        return _WhitenFunction.apply(x, self.num_groups, float(self.whitening_limit),
+                                     float(self.grad_scale))
+
+
+class _LimitValue(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        # Drop only the gradient components that would move x further outside [lo, hi];
+        # unlike clamp(), a parameter outside the range still learns its way back.
+        outward = ((x < ctx.lo) & (grad > 0)) | ((x > ctx.hi) & (grad < 0))
+        return grad.masked_fill(outward, 0.0), None, None
+
+
+def limit_param_value(x: Tensor, lo: float, hi: float) -> Tensor:
+    """Clamp ``x`` to ``[lo, hi]``; gradients still flow to out-of-range entries when they point
+    back into the range."""
+    return _LimitValue.apply(x, lo, hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """Bool (B, max_len), True on valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def zero_padded(x: Tensor, valid: Tensor | None) -> Tensor:
+    """Zero the padded frames of ``x`` (B, T, C) given ``valid`` (B, T) bool (None: no-op)."""
+    if valid is None:
+        return x
+    return x * valid.unsqueeze(-1).to(x.dtype)
+
+
+def sequence_keep_mask(batch: int, drop_rate: float, ref: Tensor) -> Tensor | None:
+    """Per-sequence Bernoulli keep mask (B, 1, 1) for stochastic module skipping, or None."""
+    if drop_rate <= 0.0:
+        return None
+    return (torch.rand(batch, 1, 1, device=ref.device) >= drop_rate).to(ref.dtype)
+
+
+def ceil_div(lengths: Tensor, factor: int) -> Tensor:
+    """ceil(lengths / factor) for integer tensors."""
+    return torch.div(lengths + factor - 1, factor, rounding_mode="floor")
+
