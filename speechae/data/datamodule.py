@@ -111,6 +111,8 @@ class AEDataset(torch.utils.data.Dataset):
         else:
             feats, lens = collate_features(cuts)
         lens = lens.to(torch.int64)
+        # Lhotse pads log-mel with log(1e-10); the contract is zero padding.
+        feats = feats.masked_fill(torch.arange(feats.shape[1])[None, :, None] >= lens[:, None, None], 0.0)
         batch: dict[str, Any] = {"features": feats, "feature_lens": lens, "cut_ids": [c.id for c in cuts]}
         if self.spec_augment is not None:
             batch["target_features"] = feats.clone()

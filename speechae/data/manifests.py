@@ -51,7 +51,7 @@ def prepare_synth_manifests(corpus_dir: str | Path, out_dir: str | Path, prefix:
     """
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     checker = Checker(on_error)
-    utts = read_utterances(corpus_dir)
+    utts = read_utterances(corpus_dir, checker)
     recs, sups = [], []
     for u in utts:
         audio = corpus_dir / u.audio

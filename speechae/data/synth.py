@@ -157,17 +157,34 @@ def synthesize_corpus(
     return out_dir
 
 
-def read_utterances(corpus_dir: str | Path) -> list[Utterance]:
-    """Parse ``utterances.jsonl``; a malformed line raises ValueError naming file and line."""
+def read_utterances(corpus_dir: str | Path, checker: "Checker | None" = None) -> list[Utterance]:
+    """Parse ``utterances.jsonl``.  A line that is not UTF-8 or not a valid record raises
+    BadInputError naming file and line, or is skipped when ``checker`` says so."""
+    from speechae.data.validate import BadInputError, Checker
+
+    checker = checker or Checker("fail")
     path = Path(corpus_dir) / "utterances.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run stage 0 (speechae synth-corpus) first")
-    out = []
-    for i, line in enumerate(read_lines(path), 1):
+
+    def parse(raw: bytes, where: str) -> Utterance:
         try:
-            d = json.loads(line)
+            d = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise BadInputError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"{where}: malformed JSON ({e.msg})") from None
+        try:
             d["phones"] = [tuple(p) for p in d["phones"]]
-            out.append(Utterance(**d))
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}:{i}: malformed utterance record ({e})") from None
+            return Utterance(**d)
+        except (TypeError, KeyError) as e:
+            raise BadInputError(f"{where}: malformed utterance record ({e})") from None
+
+    out = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if raw.strip():
+                utt = checker.ok(f"{path.name}:{i}", parse, raw, f"{path}:{i}")
+                if utt is not None:
+                    out.append(utt)
     return out

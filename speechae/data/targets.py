@@ -37,6 +37,12 @@ def train_sentencepiece(texts: list[str], out_prefix: str | Path, vocab_size: in
     ``hard_vocab_limit=False`` lets a tiny corpus settle on fewer pieces instead of failing.
     """
     out_prefix = Path(out_prefix)
+    # Every character must get a piece (character_coverage=1.0): a small vocabulary on a
+    # two-script corpus is raised to the character count rather than failing.
+    num_chars = len(set("".join(texts).replace(" ", ""))) + 3
+    if vocab_size < num_chars:
+        logging.warning("sentencepiece: vocab_size %d < %d characters; using %d", vocab_size, num_chars, num_chars)
+        vocab_size = num_chars
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_prefix.parent / f".{out_prefix.name}.tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import struct
+
 import soundfile as sf
 
 from speechae.utils.io import write_lines
@@ -41,6 +43,8 @@ def check_audio(path: str | Path, expected_sr: int | None = None, min_duration: 
     if expected_sr is not None and info.samplerate != expected_sr:
         raise BadInputError(f"{path}: sample rate {info.samplerate} Hz, expected {expected_sr} Hz")
     frames = info.frames
+    if info.format == "WAV":
+        _check_wav_chunks(path)
     if full_decode:
         try:
             data, _ = sf.read(str(path), dtype="float32", always_2d=True)
@@ -53,6 +57,26 @@ def check_audio(path: str | Path, expected_sr: int | None = None, min_duration: 
     if duration < min_duration:
         raise BadInputError(f"{path}: audio too short ({duration:.3f} s)")
     return duration
+
+
+def _check_wav_chunks(path: Path) -> None:
+    """libsndfile silently clamps a truncated WAV's length to the bytes present, so compare the
+    RIFF ``data`` chunk's declared size with what the file holds."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+            return  # not plain RIFF/WAVE (e.g. RF64): leave it to the decoder
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, length = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                if pos + 8 + length > size:
+                    raise BadInputError(f"{path}: truncated: data chunk declares {length} bytes, "
+                                        f"file holds {size - pos - 8}")
+                return
+            pos += 8 + length + (length & 1)
 
 
 def check_text(text: str | bytes | None, where: str) -> str:
