@@ -1,0 +1,212 @@
+"""Loss configuration and the builder that turns it into a :class:`LossComposer`.
+
+Example (YAML, under the experiment config's ``loss:`` key)::
+
+    regularizer: sigreg          # sigreg | kl | none
+    semantic: [masked_units]     # any of masked_units, latent_prediction, distill, ctc
+    weights:
+      recon: 1.0
+      sigreg: {type: linear_warmup, start: 0.0, end: 0.05, steps: 2000}
+      kl: 0                      # not the regularizer, but computed and logged (no gradient)
+      masked_units: 1.0
+    sigreg: {num_directions: 256, num_frames: 1024}
+
+The active terms are ``recon``, the regularizer (unless ``none``), the semantic objectives and
+every key of ``weights``; a term named in ``weights`` only is therefore a log-only monitor when
+its weight is 0 (e.g. ``sigreg: 0`` on a KL run to compare geometry).  Terms without an entry
+in ``weights`` get :data:`DEFAULT_WEIGHTS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from speechae.config import ConfigError, resolve_choice
+from speechae.losses.composer import REGULARIZER_NAMES, SEMANTIC_NAMES, LossComposer
+from speechae.losses.kl import KLRegularizer
+from speechae.losses.reconstruction import ReconstructionLoss
+from speechae.losses.schedules import build_schedule
+from speechae.losses.semantic import (CTCObjective, Distillation, LatentPrediction,
+                                      MaskedUnitPrediction, load_teacher)
+from speechae.losses.sigreg import SIGReg
+
+# Defaults: LeJEPA uses SIGReg weights 0.02..0.05; the KL beta is warmed up from 0 (Bowman et
+# al. 2016) to a small value because KL is summed over dimensions while recon is a mean.
+DEFAULT_WEIGHTS: dict[str, Any] = {
+    "recon": 1.0,
+    "sigreg": 0.05,
+    "kl": {"type": "linear_warmup", "start": 0.0, "end": 1.0e-3, "steps": 2000},
+    "masked_units": 1.0,
+    "latent_prediction": 1.0,
+    "distill": 1.0,
+    "ctc": 1.0,
+}
+
+
+@dataclasses.dataclass
+class ReconConfig:
+    """Weights of the feature reconstruction terms (see speechae.losses.reconstruction)."""
+
+    l1: float = 1.0
+    l2: float = 0.0
+    multires: float = 1.0
+    delta: float = 0.0
+    scales: list[list[int]] = dataclasses.field(default_factory=lambda: [[2, 2], [4, 4], [8, 8], [16, 16]])
+
+
+@dataclasses.dataclass
+class SIGRegConfig:
+    """SIGReg settings (reference grid: 17 knots on [0, 3]; M = 256..1024)."""
+
+    num_directions: int = 256
+    num_knots: int = 17
+    t_max: float = 3.0
+    num_frames: Optional[int] = 1024  # per rank; None/0 = all frames (the statistic grows with N)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class KLConfig:
+    """KL settings; beta is the ``kl`` entry of the weight table."""
+
+    free_bits: float = 0.0
+    active_threshold: float = 0.01
+    log_dims: bool = True
+
+
+@dataclasses.dataclass
+class MaskingConfig:
+    """Span masking (fairseq reading of mask_prob unless ``realised``; see losses.masking)."""
+
+    mask_prob: float = 0.65
+    span: int = 10
+    realised: bool = False
+    min_spans: int = 1
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class MaskedUnitsConfig:
+    """HuBERT-style head: cosine logits / temperature against learned class embeddings."""
+
+    num_classes: int = 500
+    proj_dim: int = 256
+    temperature: float = 0.1
+    target_key: str = "units"
+
+
+@dataclasses.dataclass
+class LatentPredictionConfig:
+    """JEPA predictor settings."""
+
+    hidden: int = 256
+    distance: str = "l2"
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Teacher distillation: precomputed ``batch['teacher']`` or a TorchScript file."""
+
+    teacher_dim: int = 768
+    teacher_path: Optional[str] = None
+    cos_weight: float = 1.0
+    l1_weight: float = 1.0
+
+
+@dataclasses.dataclass
+class CTCConfig:
+    """CTC head; vocab_size includes the blank (id 0)."""
+
+    vocab_size: int = 501
+    target_key: str = "tokens"
+    target_offset: int = 0
+
+
+@dataclasses.dataclass
+class PrismConfig:
+    """Band split: semantic heads see the inverse DCT of z with high bands zeroed."""
+
+    enabled: bool = False
+    keep: float = 0.25
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Everything the training objectives need; read only by :func:`build_losses`."""
+
+    regularizer: str = "sigreg"
+    semantic: list[str] = dataclasses.field(default_factory=list)
+    weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+    recon: ReconConfig = dataclasses.field(default_factory=ReconConfig)
+    sigreg: SIGRegConfig = dataclasses.field(default_factory=SIGRegConfig)
+    kl: KLConfig = dataclasses.field(default_factory=KLConfig)
+    masking: MaskingConfig = dataclasses.field(default_factory=MaskingConfig)
+    masked_units: MaskedUnitsConfig = dataclasses.field(default_factory=MaskedUnitsConfig)
+    latent_prediction: LatentPredictionConfig = dataclasses.field(default_factory=LatentPredictionConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    ctc: CTCConfig = dataclasses.field(default_factory=CTCConfig)
+    prism: PrismConfig = dataclasses.field(default_factory=PrismConfig)
+
+
+def active_terms(cfg: LossConfig) -> list[str]:
+    """Names of all terms the config activates, validated against the known names."""
+    resolve_choice("regularizer", cfg.regularizer, {n: n for n in REGULARIZER_NAMES + ("none",)})
+    for name in cfg.semantic:
+        resolve_choice("semantic objective", name, {n: n for n in SEMANTIC_NAMES})
+    known = ("recon",) + REGULARIZER_NAMES + SEMANTIC_NAMES
+    for name in cfg.weights:
+        resolve_choice("loss term in weights", name, {n: n for n in known})
+    names = ["recon"] + ([cfg.regularizer] if cfg.regularizer != "none" else []) + list(cfg.semantic)
+    names += [n for n in cfg.weights if n not in names]
+    return names
+
+
+def _build_term(name: str, cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module]) -> nn.Module:
+    if name == "sigreg":
+        c = cfg.sigreg
+        return SIGReg(c.num_directions, c.num_knots, c.t_max, c.num_frames, c.seed)
+    if name == "kl":
+        return KLRegularizer(cfg.kl.free_bits, cfg.kl.active_threshold, cfg.kl.log_dims)
+    if name == "masked_units":
+        c = cfg.masked_units
+        return MaskedUnitPrediction(latent_dim, c.num_classes, c.proj_dim, c.temperature, c.target_key)
+    if name == "latent_prediction":
+        return LatentPrediction(latent_dim, cfg.latent_prediction.hidden, cfg.latent_prediction.distance)
+    if name == "distill":
+        c = cfg.distill
+        return Distillation(latent_dim, c.teacher_dim, teacher, c.cos_weight, c.l1_weight)
+    if name == "ctc":
+        c = cfg.ctc
+        return CTCObjective(latent_dim, c.vocab_size, c.target_key, c.target_offset)
+    raise ConfigError(f"unknown loss term '{name}'")
+
+
+def build_losses(cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module] = None,
+                 teacher_factory: Optional[Callable[[], nn.Module]] = None) -> LossComposer:
+    """Build the composer (objective modules, heads, schedules) for latents of size ``latent_dim``.
+
+    Args:
+        cfg: the loss configuration.
+        latent_dim: D of the model's z.
+        teacher: frozen teacher module for ``distill`` (overrides ``distill.teacher_path``).
+        teacher_factory: builds the teacher architecture when ``teacher_path`` is a state dict.
+    """
+    names = active_terms(cfg)
+    schedules = {n: build_schedule(cfg.weights.get(n, DEFAULT_WEIGHTS[n]), f"loss.weights.{n}") for n in names}
+    if "distill" in names and teacher is None and cfg.distill.teacher_path:
+        teacher = load_teacher(cfg.distill.teacher_path, teacher_factory)
+    r = cfg.recon
+    recon = ReconstructionLoss(r.l1, r.l2, r.multires, r.delta, r.scales)
+    regs = {n: _build_term(n, cfg, latent_dim, teacher) for n in names if n in REGULARIZER_NAMES}
+    objs = {n: _build_term(n, cfg, latent_dim, teacher) for n in names if n in SEMANTIC_NAMES}
+    m = cfg.masking
+    if not 0.0 <= m.mask_prob <= 1.0 or m.span < 1:
+        raise ConfigError(f"loss.masking: mask_prob must be in [0, 1] and span >= 1, got {m}")
+    keep = cfg.prism.keep if cfg.prism.enabled else None
+    if keep is not None and not 0.0 < keep <= 1.0:
+        raise ConfigError(f"loss.prism.keep must be in (0, 1], got {keep}")
+    return LossComposer(schedules, recon, regs, objs, m.mask_prob, m.span, m.realised, m.min_spans,
+                        keep, m.seed)

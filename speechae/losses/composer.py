@@ -1,0 +1,210 @@
+"""LossComposer: owns the model call and combines the named objectives with scheduled weights.
+
+One training step is ``total, metrics = composer(model, batch, step)``:
+
+1. evaluate every weight schedule at ``step`` (logged as ``weight/<name>``);
+2. draw a span mask of the input frames when an objective that needs one has a non-zero
+   weight (a log-only mask objective is evaluated only when some other term already masks:
+   logging must not change what is trained);
+3. call ``model(features, feature_lens, input_mask=...)`` exactly once.  When
+   ``latent_prediction`` is active the batch is doubled -- rows [0, B) masked, rows [B, 2B)
+   clean -- so DDP sees one forward and one backward;
+4. apply the terms.  Reconstruction and the regularizers use the clean view when the batch
+   is doubled (the view the decoder and downstream probes see); mask-based semantic
+   objectives use the masked view; distill / ctc use the clean view.  Without doubling there
+   is one view, possibly masked (then the reconstruction target is the unmasked input,
+   i.e. inpainting, as in masked-autoencoder training).  With the Prism split the semantic
+   heads see the low-band (DCT) view of z, both for inputs and latent-prediction targets.
+
+A term with weight 0 at this step is computed under ``torch.no_grad`` and only logged.  Every
+term is normalised per valid frame (see each module), so batches of different lengths weigh
+correctly.  Metrics are plain floats gathered with a single host sync.
+
+Model contract (docs/CONTRACTS.md): the output has ``recon (B, T, F)``, ``z (B, T_z, D)``,
+``z_mean``/``z_logvar`` (gaussian bottleneck only), ``z_lengths (B,)``, ``frame_ratio`` and
+``metrics``.  Model metrics are passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from speechae.losses.masking import latent_frame_mask, lengths_to_mask, span_mask
+from speechae.losses.prism import lowpass_dct
+from speechae.losses.reconstruction import ReconstructionLoss
+from speechae.losses.schedules import Schedule
+from speechae.losses.semantic import SemanticInputs
+
+REGULARIZER_NAMES = ("sigreg", "kl")
+SEMANTIC_NAMES = ("masked_units", "latent_prediction", "distill", "ctc")
+
+
+@dataclasses.dataclass
+class _View:
+    """The slice of a model output one loss group looks at."""
+
+    recon: torch.Tensor
+    z: torch.Tensor
+    z_mean: Optional[torch.Tensor]
+    z_logvar: Optional[torch.Tensor]
+    z_lengths: torch.Tensor
+
+
+def _view(out: Any, rows: slice) -> _View:
+    def cut(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if x is None else x[rows]
+
+    return _View(out.recon[rows], out.z[rows], cut(getattr(out, "z_mean", None)),
+                 cut(getattr(out, "z_logvar", None)), out.z_lengths[rows])
+
+
+class LossComposer(nn.Module):
+    """Named objectives + weight schedules + the single model call of a training step.
+
+    Args:
+        schedules: ``{name: schedule}`` for every active term (``recon``, a regularizer,
+            semantic objectives); see :mod:`speechae.losses.schedules`.
+        recon: the feature reconstruction loss.
+        regularizers: ``{"sigreg": SIGReg, "kl": KLRegularizer}`` subset.
+        objectives: ``{name: semantic objective module}``.
+        mask_prob, mask_span, mask_realised, min_spans: span-masking settings
+            (see :mod:`speechae.losses.masking`).
+        prism_keep: fraction of DCT bands the semantic heads see (None: no band split).
+        seed: base seed of the mask generator (combined with step and rank).
+
+    The heads of the objectives are parameters of this module: put them in the optimiser
+    (and under DDP together with the model).
+    """
+
+    def __init__(self, schedules: Mapping[str, Schedule], recon: ReconstructionLoss,
+                 regularizers: Mapping[str, nn.Module], objectives: Mapping[str, nn.Module],
+                 mask_prob: float = 0.65, mask_span: int = 10, mask_realised: bool = False,
+                 min_spans: int = 1, prism_keep: Optional[float] = None, seed: int = 0) -> None:
+        super().__init__()
+        self.schedules = dict(schedules)
+        self.recon = recon
+        self.regularizers = nn.ModuleDict(dict(regularizers))
+        self.objectives = nn.ModuleDict(dict(objectives))
+        for name in list(self.regularizers) + list(self.objectives) + ["recon"]:
+            if name not in self.schedules:
+                raise ValueError(f"no weight schedule for loss term '{name}'")
+        self.mask_prob, self.mask_span = float(mask_prob), int(mask_span)
+        self.mask_realised, self.min_spans = bool(mask_realised), int(min_spans)
+        self.prism_keep = prism_keep
+        self.seed = int(seed)
+
+    def weights(self, step: int) -> dict[str, float]:
+        """Every term's weight at ``step`` (the values logged as ``weight/<name>``)."""
+        return {name: float(s(step)) for name, s in self.schedules.items()}
+
+    def _mask(self, batch: Mapping[str, Any], step: int) -> torch.Tensor:
+        rank = torch.distributed.get_rank() if (torch.distributed.is_available()
+                                                and torch.distributed.is_initialized()) else 0
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + int(step)) * 1009 + rank)
+        feats = batch["features"]
+        return span_mask(batch["feature_lens"].to(feats.device), feats.shape[1], self.mask_prob,
+                         self.mask_span, generator=g, realised=self.mask_realised,
+                         min_spans=self.min_spans)
+
+    def _plan(self, w: Mapping[str, float]) -> tuple[bool, bool]:
+        """(generate a mask?, double the batch?) for the current weights."""
+        need_mask = any(getattr(m, "needs_mask", False) and w[n] > 0 for n, m in self.objectives.items())
+        double = any(getattr(m, "needs_clean_view", False) and w[n] > 0 for n, m in self.objectives.items())
+        return need_mask or double, double
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Any],
+                step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """One step's total loss (scalar tensor) and metrics (floats); see module docstring."""
+        w = self.weights(step)
+        use_mask, double = self._plan(w)
+        feats, lens = batch["features"], batch["feature_lens"]
+        input_mask = self._mask(batch, step) if use_mask else None
+        if double:
+            assert input_mask is not None
+            out = model(torch.cat([feats, feats]), torch.cat([lens, lens]),
+                        input_mask=torch.cat([input_mask, torch.zeros_like(input_mask)]))
+            b = feats.shape[0]
+            masked, clean = _view(out, slice(0, b)), _view(out, slice(b, 2 * b))
+        else:
+            out = model(feats, lens, input_mask=input_mask)
+            masked = clean = _view(out, slice(None))
+
+        total = feats.new_zeros((), dtype=torch.float32)
+        metrics: dict[str, Any] = {}
+
+        def apply(name: str, fn: Any) -> None:
+            nonlocal total
+            ctx = contextlib.nullcontext() if w[name] > 0 else torch.no_grad()
+            with ctx:
+                loss, extra = fn()
+            if w[name] > 0:
+                total = total + w[name] * loss
+            metrics[f"loss/{name}"] = loss.detach()
+            metrics.update(extra)
+
+        apply("recon", lambda: self.recon(clean.recon, feats, lens))
+        self._apply_regularizers(apply, clean, step, metrics)
+        self._apply_semantic(apply, w, batch, out, masked, clean, input_mask, double)
+
+        metrics["loss/total"] = total.detach()
+        metrics.update({f"weight/{n}": v for n, v in w.items()})
+        metrics.update(self._z_stats(clean))
+        return total, _to_floats(metrics, getattr(out, "metrics", None))
+
+    def _apply_regularizers(self, apply: Any, clean: _View, step: int, metrics: dict) -> None:
+        if "sigreg" in self.regularizers:
+            reg = self.regularizers["sigreg"]
+            apply("sigreg", lambda: (reg(clean.z, clean.z_lengths, step=step), {}))
+            metrics["sigreg/floor"] = reg.floor
+        if "kl" in self.regularizers:
+            if clean.z_mean is None or clean.z_logvar is None:
+                raise ValueError("the 'kl' loss needs a gaussian bottleneck (z_mean / z_logvar are None)")
+            reg = self.regularizers["kl"]
+            apply("kl", lambda: reg(clean.z_mean, clean.z_logvar, clean.z_lengths))
+
+    def _apply_semantic(self, apply: Any, w: Mapping[str, float], batch: Mapping[str, Any], out: Any,
+                        masked: _View, clean: _View, input_mask: Optional[torch.Tensor],
+                        double: bool) -> None:
+        if not self.objectives:
+            return
+        ratio = float(out.frame_ratio)
+        latent_mask = None
+        if input_mask is not None:
+            latent_mask = latent_frame_mask(input_mask, batch["feature_lens"].to(input_mask.device),
+                                            masked.z.shape[1], ratio)
+        band = (lambda z, n: lowpass_dct(z, n, self.prism_keep)) if self.prism_keep else (lambda z, n: z)
+        for name, obj in self.objectives.items():
+            if getattr(obj, "needs_mask", False) and latent_mask is None:
+                continue  # log-only mask objective on an unmasked step: nothing to measure
+            if getattr(obj, "needs_clean_view", False) and not double:
+                continue
+            view = masked if getattr(obj, "needs_mask", False) else clean
+            target = band(clean.z, clean.z_lengths) if getattr(obj, "needs_clean_view", False) else None
+            inp = SemanticInputs(z=band(view.z, view.z_lengths), z_lengths=view.z_lengths, batch=batch,
+                                 frame_ratio=ratio, latent_mask=latent_mask, target_z=target)
+            apply(name, lambda obj=obj, inp=inp: obj(inp))
+
+    @staticmethod
+    def _z_stats(clean: _View) -> dict[str, torch.Tensor]:
+        """Cheap collapse indicator: mean per-dimension std of valid latent frames."""
+        frames = clean.z.detach()[lengths_to_mask(clean.z_lengths, clean.z.shape[1])].float()
+        if frames.shape[0] < 2:
+            return {}
+        return {"z/std": frames.std(0).mean()}
+
+
+def _to_floats(metrics: Mapping[str, Any], model_metrics: Optional[Mapping[str, Any]]) -> dict[str, float]:
+    """Convert tensor metrics to floats with one host sync; append the model's own metrics."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    result = {k: float(v) for k, v in metrics.items() if not torch.is_tensor(v)}
+    if keys:
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
+        result.update(zip(keys, values))
+    for k, v in (model_metrics or {}).items():
+        result.setdefault(k, float(v))
+    return {k: result[k] for k in sorted(result)}
