@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "prepare-targets": "speechae.bin.data:prepare_targets",
     "inspect-data": "speechae.bin.data:inspect_data",
     "model-summary": "speechae.bin.model:model_summary",
+    "train": "speechae.bin.train:train",
+    "average": "speechae.bin.train:average",
 }
 
 

@@ -1,0 +1,90 @@
+"""Experiment configuration: one YAML file with ``model``, ``losses``, ``optim``, ``data`` and
+``train`` blocks, loaded strictly (unknown keys are errors) with ``base:`` inheritance and
+``key=value`` command-line overrides.
+
+The resolved config (every default filled in) is written to ``<exp_dir>/config.yaml`` and into
+every checkpoint as a plain dict, so a checkpoint rebuilds its model on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from speechae.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from speechae.data.datamodule import DataConfig
+from speechae.losses import LossConfig
+from speechae.models import ModelConfig
+from speechae.optim import OptimConfig
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop (the ``train:`` block).
+
+    Steps count optimiser updates; one update consumes ``accum_grad`` batches per rank.
+    ``average_every``: every that many steps the running average of all weights since step 0
+    is updated (icefall's ``model_avg``: ``avg = avg * (1 - p/s) + cur * p/s`` with period p at
+    step s); 0 disables it.  ``max_consecutive_nonfinite``: after that many non-finite steps in
+    a row the batch and model are dumped to ``<exp>/debug`` and training stops.
+    """
+
+    max_steps: int = 1000
+    log_every: int = 10
+    valid_every: int = 200
+    save_every: int = 200
+    keep_last_k: int = 3
+    grad_clip: float = 0.0  # max global grad norm; 0 = no clipping (ScaledAdam clips itself)
+    accum_grad: int = 1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    seed: int = 42
+    average_every: int = 10
+    max_consecutive_nonfinite: int = 20
+    valid_max_batches: int = 20  # cap per validation pass (per rank); 0 = the whole dev set
+    num_images: int = 2  # spectrogram pairs written to TensorBoard at each validation
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    find_unused_parameters: bool = True  # layer skipping and log-only heads leave params unused
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensorboard: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one training run needs; each block is read only by its own builder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data (YAML/JSON/``torch.load(weights_only=True)``-safe) form."""
+        return to_dict(self)
+
+
+def experiment_config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Strictly parse a full experiment config (unknown keys raise ConfigError)."""
+    cfg = from_dict(ExperimentConfig, data, "config")
+    t = cfg.train
+    for name in ("max_steps", "log_every", "accum_grad"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"config.train.{name} must be >= 1, got {getattr(t, name)}")
+    if t.max_consecutive_nonfinite < 1:
+        raise ConfigError("config.train.max_consecutive_nonfinite must be >= 1")
+    return cfg
+
+
+def load_experiment_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load ``path`` (following ``base:``), apply ``key=value`` overrides, parse strictly."""
+    data = load_yaml(path) if path is not None else {}
+    return experiment_config_from_dict(apply_overrides(data, overrides))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (block order kept)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
