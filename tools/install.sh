@@ -18,17 +18,27 @@ echo "[install] venv=$venv torch='$torch_spec'"
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+pip_log=$venv/install.log
+pip() {
+  # pip's chatter goes to $pip_log; on failure its tail is shown.
+  if ! "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" >>"$pip_log" 2>&1; then
+    grep -v '^WARNING: Location' "$pip_log" | tail -30 >&2
+    echo "[install] pip $* failed; full log: $pip_log" >&2
+    exit 1
+  fi
+}
+pip install --upgrade pip
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "[install] installing $torch_spec"
   if [ -n "$torch_index" ]; then
-    "${pip[@]}" install "$torch_spec" --index-url "$torch_index"
+    pip install "$torch_spec" --index-url "$torch_index"
   else
-    "${pip[@]}" install "$torch_spec"
+    pip install "$torch_spec"
   fi
 fi
 # Everything else; torch is already satisfied so nothing replaces it.
-"${pip[@]}" install -e "$root[test]" 2>&1 | grep -v '^WARNING: Location' || true
+echo "[install] installing speechae and its dependencies"
+pip install -e "$root[test]"
 "$venv/bin/python" -c "import torch, lhotse, sentencepiece, espeakng_loader, speechae" \
   || { echo "[install] the environment in $venv is incomplete" >&2; exit 1; }
 touch "$venv/.speechae_installed"
