@@ -18,8 +18,13 @@ COMMANDS: dict[str, str] = {
     "prepare-targets": "speechae.bin.data:prepare_targets",
     "inspect-data": "speechae.bin.data:inspect_data",
     "model-summary": "speechae.bin.model:model_summary",
+    "evaluate": "speechae.bin.eval:evaluate",
+    "compare": "speechae.bin.eval:compare",
     "train": "speechae.bin.train:train",
     "average": "speechae.bin.train:average",
+    "fixture-corpus": "speechae.bin.corpus:fixture_corpus",
+    "download-corpus": "speechae.bin.corpus:download_corpus",
+    "prepare-corpus": "speechae.bin.corpus:prepare_corpus",
 }
 
 

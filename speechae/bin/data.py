@@ -83,15 +83,18 @@ def compute_fbank(manifest_dir: str, fbank_dir: str, prefix: str, splits: str, n
 @click.option("--vocab-size", default=256, show_default=True, help="sentencepiece vocabulary (upper bound)")
 @click.option("--num-clusters", default=50, show_default=True, help="k-means units (500 on LibriSpeech)")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--model-type", type=click.Choice(["unigram", "bpe", "char"]), default="unigram", show_default=True,
+              help="sentencepiece model type")
+@click.option("--kmeans-max-cuts", default=0, show_default=True, help="fit k-means on this many random train cuts (0 = all)")
 def prepare_targets(fbank_dir: str, lang_dir: str, targets_dir: str, prefix: str, splits: str, vocab_size: int,
-                    num_clusters: int, seed: int) -> None:
+                    num_clusters: int, seed: int, model_type: str, kmeans_max_cuts: int) -> None:
     """Stage 3: sentencepiece model, phone/speaker/language tables, k-means units per frame."""
     from speechae.data.targets import prepare_targets as run
 
     setup_logging()
     names = tuple(splits.split(","))
     summary = run(fbank_dir, lang_dir, targets_dir, prefix, splits=names, vocab_size=vocab_size,
-                  num_clusters=num_clusters, seed=seed)
+                  num_clusters=num_clusters, seed=seed, model_type=model_type, kmeans_max_cuts=kmeans_max_cuts)
     click.echo(json.dumps(summary))
 
 

@@ -53,10 +53,12 @@ def compute_fbank(manifest_dir: str | Path, fbank_dir: str | Path, prefix: str, 
         if not p.is_file():
             raise FileNotFoundError(f"{p}: missing; run the manifest stage first")
     cuts = CutSet.from_manifests(recordings=load_manifest(rec_path), supervisions=load_manifest(sup_path))
+    num_cuts = len(cuts)
     if speed_perturb:
-        cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
+        cuts = (cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)).to_eager()
+        num_cuts *= 3
     # Worker start-up (torch + Lhotse imports) costs seconds: small splits run in-process.
-    num_jobs = max(1, min(num_jobs, len(cuts) // 100))
+    num_jobs = max(1, min(num_jobs, num_cuts // 100))
     storage = fbank_dir / f"{prefix}_feats_{split}"
     shutil.rmtree(storage, ignore_errors=True)
     fbank_dir.mkdir(parents=True, exist_ok=True)

@@ -116,20 +116,31 @@ def attach_units(cuts: CutSet, km, storage_dir: Path) -> CutSet:  # noqa: ANN001
 
 def prepare_targets(fbank_dir: str | Path, lang_dir: str | Path, targets_dir: str | Path, prefix: str,
                     splits: tuple[str, ...] = ("train", "dev", "test"), vocab_size: int = 256,
-                    num_clusters: int = 50, seed: int = 0) -> dict:
-    """Run all of stage 3; returns a summary (vocabulary size, phones, clusters)."""
+                    num_clusters: int = 50, seed: int = 0, model_type: str = "unigram",
+                    kmeans_max_cuts: int = 0) -> dict:
+    """Run all of stage 3; returns a summary (vocabulary size, phones, clusters).
+
+    ``model_type``: sentencepiece ``unigram`` | ``bpe`` | ``char``.  ``kmeans_max_cuts`` > 0 fits
+    k-means on that many randomly chosen training cuts (MFCC of all of a 960 h set would not fit
+    in memory); units are still computed for every cut.
+    """
     fbank_dir, lang_dir, targets_dir = Path(fbank_dir), Path(lang_dir), Path(targets_dir)
     torch.manual_seed(seed)
     cuts = {s: load_manifest(fbank_dir / f"{prefix}_cuts_{s}.jsonl.gz") for s in splits}
     train = cuts["train"]
     sups = [s for c in train for s in c.supervisions]
-    sp_model = train_sentencepiece([s.text for s in sups], lang_dir / "bpe", vocab_size)
+    sp_model = train_sentencepiece([s.text for s in sups], lang_dir / "bpe", vocab_size, model_type)
     phones = sorted({a.symbol for s in sups for a in (s.alignment or {}).get("phone", [])})
     write_lines(lang_dir / "phones.txt", [f"{p} {i}" for i, p in enumerate([BLANK, UNK] + phones)])
     all_sups = [s for cs in cuts.values() for c in cs for s in c.supervisions]
     write_lines(lang_dir / "speakers.txt", sorted({s.speaker for s in all_sups if s.speaker}))
     write_lines(lang_dir / "languages.txt", sorted({s.language for s in all_sups if s.language}))
-    km = fit_kmeans(train, num_clusters, seed=seed)
+    fit_cuts = train
+    if kmeans_max_cuts and len(train) > kmeans_max_cuts:
+        chosen = np.random.default_rng(seed).choice(sorted(train.ids), kmeans_max_cuts, replace=False)
+        keep = set(chosen.tolist())
+        fit_cuts = train.filter(lambda c: c.id in keep).to_eager()
+    km = fit_kmeans(fit_cuts, num_clusters, seed=seed)
     with atomic_path(lang_dir / "kmeans.pkl") as tmp:
         tmp.write_bytes(pickle.dumps(km))
     for split, cs in cuts.items():

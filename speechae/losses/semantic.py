@@ -144,7 +144,8 @@ class LatentPrediction(nn.Module):
             loss = (pred - tgt).pow(2).mean()
         else:
             loss = (1.0 - F.cosine_similarity(pred, tgt, dim=-1)).mean()
-        return loss, {"latent_prediction/target_std": tgt.detach().std(0).mean()}
+        metrics = {"latent_prediction/target_std": tgt.detach().std(0).mean()} if tgt.shape[0] > 1 else {}
+        return loss, metrics
 
 
 def load_teacher(path: str, factory: Optional[Callable[[], nn.Module]] = None) -> nn.Module:

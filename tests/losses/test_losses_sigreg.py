@@ -136,7 +136,7 @@ def test_empty_input_is_zero():
     reg = SIGReg(num_directions=8)
     z = torch.randn(2, 5, 4, requires_grad=True)
     val = reg(z, torch.tensor([0, 0]), step=0)
-    assert float(val) == 0.0
+    assert val.item() == 0.0
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 4, 5)])
