@@ -29,7 +29,7 @@ class ConvBlock(nn.Module):
         self.ff = FeedForward(dim, ff_dim, dropout)
         self.norm = BiasNorm(dim)
 
-    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, x: Tensor, valid: Tensor | None) -> Tensor:
         x = x + self.conv(x, valid)
         return self.norm(x + self.ff(x))
 

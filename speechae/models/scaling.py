@@ -99,12 +99,13 @@ class _SwooshFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, shift: float, slope: float, const: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.shift, ctx.slope = shift, slope
-        return F.softplus(x - shift) - slope * x - const
+        # in place: one allocation instead of four (these are the largest activations)
+        return F.softplus(x - shift).sub_(x, alpha=slope).sub_(const)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad * (torch.sigmoid(x - ctx.shift) - ctx.slope), None, None, None
+        return torch.sigmoid(x - ctx.shift).sub_(ctx.slope).mul_(grad), None, None, None
 
 
 def swoosh_r(x: Tensor) -> Tensor:
@@ -315,6 +316,11 @@ def limit_param_value(x: Tensor, lo: float, hi: float) -> Tensor:
 def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
     """Bool (B, max_len), True on valid frames."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def has_padding(lengths: Tensor, t: int) -> bool:
+    """Whether any sequence is shorter than ``t``; unpadded batches skip all masking work."""
+    return bool((lengths < t).any())
 
 
 def zero_padded(x: Tensor, valid: Tensor | None) -> Tensor:

@@ -31,6 +31,7 @@ from speechae.models.scaling import (
     ScheduledFloat,
     Whiten,
     ceil_div,
+    has_padding,
     lengths_to_mask,
     limit_param_value,
     sequence_keep_mask,
@@ -85,12 +86,15 @@ class Conv2dSubsampling(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, T, F) -> ((B, ceil(T/2), out_dim), lengths)."""
         t = x.shape[1]
-        valid = lengths_to_mask(lengths, t)[:, None, :, None]
-        h = x.unsqueeze(1) * valid
-        h = swoosh_r(self.conv1(h)) * valid
         lens2 = self.output_lengths(lengths)
-        valid2 = lengths_to_mask(lens2, (t + 1) // 2)[:, None, :, None]
-        h = swoosh_r(self.conv2(h)) * valid2
+        h = x.unsqueeze(1)
+        if has_padding(lengths, t):
+            valid = lengths_to_mask(lengths, t)[:, None, :, None]
+            valid2 = lengths_to_mask(lens2, (t + 1) // 2)[:, None, :, None]
+            h = swoosh_r(self.conv1(h * valid)) * valid
+            h = swoosh_r(self.conv2(h)) * valid2
+        else:
+            h = swoosh_r(self.conv2(swoosh_r(self.conv1(h))))
         h = swoosh_r(self.conv3(h))
         b, c, t2, f = h.shape
         h = h.permute(0, 2, 1, 3).reshape(b, t2, c * f)
@@ -145,7 +149,7 @@ class RelPositionAttentionWeights(nn.Module):
         col = (idx[None, :] - idx[:, None] + t - 1).expand(b, h, t, t)
         scores = scores + pos_scores.gather(-1, col)
         if key_padding is not None:
-            scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))
+            scores.masked_fill_(key_padding[:, None, None, :], float("-inf"))
         return self.dropout(scores.softmax(dim=-1))
 
 
@@ -296,10 +300,10 @@ class ZipformerLayer(nn.Module):
         keep = sequence_keep_mask(x.shape[0], float(rate), x)
         return 1.0 if keep is None else keep
 
-    def forward(self, x: Tensor, pos_emb: Tensor, valid: Tensor) -> Tensor:
-        """x: (B, T, C); pos_emb: (2T-1, pos_dim); valid: (B, T) bool."""
+    def forward(self, x: Tensor, pos_emb: Tensor, valid: Tensor | None) -> Tensor:
+        """x: (B, T, C); pos_emb: (2T-1, pos_dim); valid: (B, T) bool, None = no padding."""
         orig = x
-        weights = self.attn_weights(x, pos_emb, ~valid)
+        weights = self.attn_weights(x, pos_emb, None if valid is None else ~valid)
         attn_keep = self._keep(x, self.attention_skip_rate)
         conv_keep = self._keep(x, self.conv_skip_rate)
         x = x + self.ff1(x)
@@ -364,7 +368,7 @@ class ZipformerStack(nn.Module):
         orig, t = x, x.shape[1]
         if self.ds > 1:
             x, lengths = self.downsample(x, lengths)
-        valid = lengths_to_mask(lengths, x.shape[1])
+        valid = lengths_to_mask(lengths, x.shape[1]) if has_padding(lengths, x.shape[1]) else None
         pos_emb = relative_position_encoding(x.shape[1], self.pos_dim, x.device, x.dtype)
         for layer in self.layers:
             x = layer(x, pos_emb, valid)
