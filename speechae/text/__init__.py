@@ -1,0 +1,1 @@
+"""Text normalisation for transcripts (per language)."""
