@@ -152,9 +152,15 @@ def load_teacher(path: str, factory: Optional[Callable[[], nn.Module]] = None) -
     """Load a frozen teacher from a local file.
 
     With ``factory`` the file is a state dict read with ``torch.load(weights_only=True)`` into
-    ``factory()``; otherwise it must be a TorchScript archive (``torch.jit.load``).  Pickled
-    whole modules are refused on purpose (arbitrary code execution).
+    ``factory()``; a ``.pt2`` file is a ``torch.export`` program; anything else must be a
+    TorchScript archive (``torch.jit.load``).  Pickled whole modules are refused on purpose
+    (arbitrary code execution).
     """
+    if factory is None and str(path).endswith(".pt2"):
+        module = torch.export.load(path).module()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
     if factory is not None:
         module = factory()
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -23,9 +23,11 @@ def test_floor_matches_continuous_integral():
 
 
 def test_gaussian_samples_sit_at_the_floor():
-    reg = SIGReg(num_directions=512, num_frames=None)
+    # The statistic's spread does not shrink with N (its variance is O(1)), so average draws;
+    # directions beyond ~D add little independent information, hence M = 256.
+    reg = SIGReg(num_directions=256, num_frames=None)
     g = torch.Generator().manual_seed(0)
-    vals = torch.tensor([float(reg(torch.randn(2048, 32, generator=g), step=i)) for i in range(16)])
+    vals = torch.tensor([float(reg(torch.randn(2048, 32, generator=g), step=i)) for i in range(12)])
     assert abs(vals.mean().item() / reg.floor - 1.0) < 0.06, vals
 
 
@@ -45,7 +47,7 @@ def _alternatives(g: torch.Generator) -> dict:
 
 
 def test_non_gaussian_clouds_are_many_times_above_floor():
-    reg = SIGReg(num_directions=512, num_frames=None)
+    reg = SIGReg(num_directions=128, num_frames=None)
     g = torch.Generator().manual_seed(1)
     values = {k: float(reg(v, step=3)) for k, v in _alternatives(g).items()}
     for name, v in values.items():
