@@ -335,9 +335,10 @@ class Downsample(nn.Module):
         f = self.factor
         b, t, c = x.shape
         t_out = (t + f - 1) // f
-        idx = torch.arange(t_out * f, device=x.device)[None, :]
-        idx = torch.minimum(idx, (lengths - 1).clamp(min=0)[:, None])
-        x = x.gather(1, idx.unsqueeze(-1).expand(b, t_out * f, c))
+        if t != t_out * f or has_padding(lengths, t):
+            idx = torch.arange(t_out * f, device=x.device)[None, :]
+            idx = torch.minimum(idx, (lengths - 1).clamp(min=0)[:, None])
+            x = x.gather(1, idx.unsqueeze(-1).expand(b, t_out * f, c))
         w = self.weights.softmax(dim=0).to(x.dtype)
         x = (x.view(b, t_out, f, c) * w[None, None, :, None]).sum(dim=2)
         return x, ceil_div(lengths, f)
