@@ -20,6 +20,13 @@ A term with weight 0 at this step is computed under ``torch.no_grad`` and only l
 term is normalised per valid frame (see each module), so batches of different lengths weigh
 correctly.  Metrics are plain floats gathered with a single host sync.
 
+Regularizers read ``out.z`` (what the decoder saw, before decoder-input noise: the posterior
+sample for a gaussian bottleneck) for SIGReg, and ``z_mean`` / ``z_logvar`` for KL.
+
+Under DDP the objective heads live in this module, not in the model: wrap model and composer
+in one parent module (or give the composer its own DDP wrapper) so the heads' gradients are
+synchronised too, and put ``composer.parameters()`` in the optimiser.
+
 Model contract (docs/CONTRACTS.md): the output has ``recon (B, T, F)``, ``z (B, T_z, D)``,
 ``z_mean``/``z_logvar`` (gaussian bottleneck only), ``z_lengths (B,)``, ``frame_ratio`` and
 ``metrics``.  Model metrics are passed through unchanged.
