@@ -13,6 +13,16 @@ Fair-comparison choices:
   bytes of tensors autograd saves for backward (unique storages, via saved_tensors_hooks):
   the activation memory that dominates training memory.
 
+Findings (CPU, 1 thread, shared 2-core machine; see the issue-3 report for numbers): at equal
+parameters our Zipformer needs fewer FLOPs than the Transformer but runs at ~0.6-0.75x its
+throughput.  Profiling shows why: (1) a 31-tap depthwise Conv1d costs ~3x a same-width Linear in
+wall time on CPU although it has ~8x fewer FLOPs, and each layer has two; (2) the layer has many
+element-wise ops (Swoosh, bypasses, BiasNorm, Balancer checks, dropout) whose cost, unlike
+matmuls, is not amortised at the small widths of S/tiny; (3) the first stack attends at 50 Hz.
+Fixes applied: no masking work for unpadded batches, in-place Swoosh, single-thread runs (with 2
+threads on a loaded machine OpenMP barriers made small ops up to 100x slower).  The paper's
+efficiency claim is against Conformer on GPU with fused kernels; rerun with ``--device cuda``.
+
 Usage: python bench/bench_encoder.py --preset tiny [--device cpu] [--batch 4 --seconds 8] [--json]
 """
 
@@ -24,6 +34,7 @@ import time
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from speechae.models import ModelConfig, build_model
 from speechae.models.scaling import lengths_to_mask
@@ -105,7 +116,11 @@ def measure(model: nn.Module, feats: Tensor, lens: Tensor, iters: int, device: s
     else:
         mem = _saved_bytes(step) / 2**20
     audio = feats.shape[0] * feats.shape[1] / 100.0 * iters
-    return {"audio_s_per_s": audio / elapsed, "memory_mib": mem, "params": _params(model)}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        step()
+    gflops = counter.get_total_flops() / (audio / iters) / 1e9
+    return {"audio_s_per_s": audio / elapsed, "memory_mib": mem, "params": _params(model),
+            "fwd_gflops_per_audio_s": gflops}
 
 
 def main() -> None:
@@ -148,10 +163,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"{'model':<12} {'params (M)':>10} {'audio s/s':>10} {'mem (MiB)':>10}")
+    print(f"{'model':<12} {'params (M)':>10} {'GFLOP/s-aud':>11} {'audio s/s':>10} {'mem (MiB)':>10}")
     for name in ("zipformer", "transformer"):
         r = rows[name]
-        print(f"{name:<12} {r['params'] / 1e6:10.2f} {r['audio_s_per_s']:10.1f} {r['memory_mib']:10.1f}")
+        print(f"{name:<12} {r['params'] / 1e6:10.2f} {r['fwd_gflops_per_audio_s']:11.3f} "
+              f"{r['audio_s_per_s']:10.1f} {r['memory_mib']:10.1f}")
     ratio = rows["ratio_zip_over_transformer"]
     print(f"zipformer/transformer: throughput x{ratio['throughput']:.2f}, memory x{ratio['memory']:.2f} "
           f"({rows['setup']['memory_kind']}; transformer d_model {rows['setup']['transformer_d_model']},"
