@@ -13,11 +13,13 @@ import functools
 import logging
 from pathlib import Path
 
-from lhotse.utils import fastcopy
+from typing import TYPE_CHECKING
 
-from speechae.data.validate import Checker, OnError
-from speechae.recipes.common import Pairs, finish_manifests, prefix_ids
 from speechae.text.bengali import DigitMode, normalize_bengali
+
+if TYPE_CHECKING:  # lhotse loads lazily: stage 0's offline failure must be instant
+    from speechae.data.validate import Checker, OnError
+    from speechae.recipes.common import Pairs
 
 CORPORA = ("slr53", "commonvoice", "bengaliai")
 TAGS = {"slr53": "slr53", "commonvoice": "cv", "bengaliai": "bai"}
@@ -73,6 +75,11 @@ def prepare_bengali(dl_dir: str | Path, out_dir: str | Path, corpora: str = "slr
                     on_error: OnError = "fail", digits: DigitMode = "keep", num_jobs: int = 1,
                     sample_rate: int = 16000, dev_fraction: float = 0.02, test_fraction: float = 0.02) -> dict[str, int]:
     """Stage 1 for the selected corpora; returns utterances per split."""
+    from lhotse.utils import fastcopy
+
+    from speechae.data.validate import Checker
+    from speechae.recipes.common import finish_manifests, prefix_ids
+
     names = parse_corpora(corpora)
     out_dir = Path(out_dir)
     checker = Checker(on_error)

@@ -17,9 +17,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from speechae.data.validate import Checker
+from typing import TYPE_CHECKING
+
 from speechae.recipes.archives import CorpusUnavailableError, extract_archive, marker
-from speechae.recipes.common import Pairs, check_audio_files, fail
+
+if TYPE_CHECKING:
+    from speechae.data.validate import Checker
+    from speechae.recipes.common import Pairs
 
 DIR_NAME = "bengaliai-speech"
 
@@ -46,6 +50,8 @@ def find_bengaliai(dl_dir: str | Path) -> Path:
 def read_bengaliai(corpus_dir: str | Path, view_dir: str | Path, checker: Checker, num_jobs: int = 1) -> Pairs:
     """Pairs for train/dev/test (dev + test = the official ``valid`` part, halved by id hash)."""
     from lhotse.recipes.bengaliai_speech import prepare_bengaliai_speech
+
+    from speechae.recipes.common import check_audio_files, fail
 
     corpus_dir, view_dir = Path(corpus_dir), Path(view_dir)
     csv_path = corpus_dir / "train.csv"

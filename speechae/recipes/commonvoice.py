@@ -19,12 +19,15 @@ import shutil
 import logging
 from pathlib import Path
 
-from lhotse import Recording
-from lhotse.utils import fastcopy
+from typing import TYPE_CHECKING
 
-from speechae.data.validate import Checker
 from speechae.recipes.archives import CorpusUnavailableError, extract_archive, marker
-from speechae.recipes.common import Pairs, check_audio_files, fail
+
+if TYPE_CHECKING:
+    from lhotse import Recording
+
+    from speechae.data.validate import Checker
+    from speechae.recipes.common import Pairs
 
 SPLITS = ("train", "dev", "test")
 # Columns Lhotse's parser reads; missing ones are added empty in the view.
@@ -53,6 +56,8 @@ def find_commonvoice(dl_dir: str | Path, language: str = "bn") -> Path:
 
 
 def _real_source(rec: Recording) -> Recording:
+    from lhotse.utils import fastcopy
+
     src = rec.sources[0]
     return fastcopy(rec, sources=[fastcopy(src, source=str(Path(src.source).resolve()))])
 
@@ -68,6 +73,8 @@ def read_commonvoice(corpus_dir: str | Path, view_dir: str | Path, checker: Chec
                      num_jobs: int = 1) -> Pairs:
     """Pairs for train/dev/test of one language, via a filtered view and Lhotse's reader."""
     from lhotse.recipes.commonvoice import prepare_commonvoice
+
+    from speechae.recipes.common import check_audio_files, fail
 
     corpus_dir, view_dir = Path(corpus_dir), Path(view_dir)
     lang_dir = corpus_dir / language

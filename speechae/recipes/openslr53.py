@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lhotse import Recording, SupervisionSegment
+from typing import TYPE_CHECKING
 
-from speechae.data.validate import Checker
 from speechae.recipes.archives import CorpusUnavailableError, extract_archive, fetch_archive, marker, network_available
-from speechae.recipes.common import Pairs, fail, speaker_split
+
+if TYPE_CHECKING:
+    from speechae.data.validate import Checker
+    from speechae.recipes.common import Pairs
 
 URL = "https://www.openslr.org/resources/53"
 PARTS = tuple("0123456789abcdef")
@@ -84,6 +86,10 @@ def read_openslr53(corpus_dir: str | Path, checker: Checker, dev_fraction: float
     file and line).  When only some zips were downloaded, utterances of the absent
     ``data/<xx>`` folders are ignored with one log line, unless ``require_all``.
     """
+    from lhotse import Recording, SupervisionSegment
+
+    from speechae.recipes.common import fail, speaker_split
+
     corpus_dir = Path(corpus_dir)
     if (corpus_dir / TOP).is_dir():
         corpus_dir = corpus_dir / TOP
