@@ -52,8 +52,10 @@ def download_openslr53(dl_dir: str | Path, parts: str = "all", base_url: str = U
         archive = dl_dir / name
         if marker(dl_dir, name).is_file():
             continue
-        if not archive.is_file() and _extracted_copy(corpus, part):
-            logging.warning("OpenSLR 53 part %s: using the extracted copy in %s as is", part, corpus)
+        if not archive.is_file() and _extracted_copy(corpus):
+            # A copy extracted elsewhere: trusted as is (stage 1 checks every listed file and
+            # logs utterances of absent data/<xx> folders).
+            logging.warning("OpenSLR 53 part %s: no %s; using the extracted copy in %s", part, name, corpus)
             continue
         url = f"{base_url}/{name}"
         if network is None and not archive.is_file():
@@ -71,10 +73,9 @@ def download_openslr53(dl_dir: str | Path, parts: str = "all", base_url: str = U
     return corpus
 
 
-def _extracted_copy(corpus: Path, part: str) -> bool:
+def _extracted_copy(corpus: Path) -> bool:
     data = corpus / "data"
-    return (corpus / "utt_spk_text.tsv").is_file() and data.is_dir() and any(
-        d.name.startswith(part) for d in data.iterdir())
+    return (corpus / "utt_spk_text.tsv").is_file() and data.is_dir() and any(data.iterdir())
 
 
 def read_openslr53(corpus_dir: str | Path, checker: Checker, dev_fraction: float = 0.02,

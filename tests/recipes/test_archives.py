@@ -66,3 +66,11 @@ def test_extracted_tree_is_used_without_archive(corpora: dict[str, Path], tmp_pa
     dl = tmp_path / "dl"
     shutil.copytree(corpora["librispeech"] / "LibriSpeech", dl / "LibriSpeech")
     assert download_librispeech(dl, "train-clean-5,dev-clean-2") == dl / "LibriSpeech"
+
+
+def test_slr53_extracted_tree_is_used_without_archives(corpora: dict[str, Path], tmp_path: Path) -> None:
+    from speechae.recipes.openslr53 import download_openslr53
+
+    dl = tmp_path / "dl"
+    shutil.copytree(corpora["slr53"] / "asr_bengali", dl / "asr_bengali")
+    assert download_openslr53(dl) == dl / "asr_bengali"
