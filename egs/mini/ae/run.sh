@@ -45,7 +45,47 @@ if stage_selected 4; then
   exit 2
 fi
 if stage_selected 5; then
-  log "Stage 5 (evaluate): not available yet: evaluation arrives with the evaluation issue."
-  exit 2
+  # Evaluate each arm (running-average weights) beside the fbank / MFCC / random-init /
+  # mean-spectrum baselines -> exp/tiny_<arm>/eval/{metrics.json,report.md,*.png}, then compare
+  # the arms -> exp/compare/ (SIGReg vs KL).  Sized for 2 CPU cores (~3 min per arm): small
+  # probes, K=50, subsampled ABX.  Variables (set them in a --config file or the environment):
+  #   eval_args   extra `speechae evaluate` options, e.g. "--baselines fbank,hf:/models/hubert --stacks"
+  #   fractions   data-efficiency sweep, e.g. "0.25 0.5": trains exp/tiny_<arm>_frac<f> on that
+  #               fraction of the training cuts (data.train_fraction), evaluates it, and
+  #               `speechae compare` plots metrics against the fraction (exp/compare/data_efficiency.png).
+  eval_args=${eval_args:-}
+  fractions=${fractions:-}
+  eval_threads=${train_threads:-1}
+  exps=()
+  for arm in $arms; do
+    exps+=("exp/tiny_$arm")
+    for f in $fractions; do
+      (
+        done_dir=exp/tiny_${arm}_frac$f
+        # shellcheck disable=SC2086
+        run_stage 5 train speechae train "conf/$arm.yaml" --exp-dir "exp/tiny_${arm}_frac$f" \
+          train.num_threads="$eval_threads" data.train_fraction="$f" ${train_overrides:-}
+      )
+      exps+=("exp/tiny_${arm}_frac$f")
+    done
+  done
+  pids=()
+  for exp in "${exps[@]}"; do
+    (
+      done_dir=$exp
+      # shellcheck disable=SC2086
+      run_stage 5 eval speechae evaluate "$exp" --num-threads "$eval_threads" $eval_args 2>&1 | sed -u "s|^|[$exp] |"
+    ) &
+    pids+=($!)
+    # two evaluations at a time with parallel_arms=true (one per core), else one
+    if [ "${parallel_arms:-true}" != true ] || [ $(( ${#pids[@]} % 2 )) -eq 0 ]; then
+      for pid in "${pids[@]}"; do wait "$pid"; done
+      pids=()
+    fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  # cheap and must follow any re-evaluation, so no .done marker
+  speechae compare "${exps[@]}" --out-dir exp/compare
+  log "Stage 5: reports in exp/*/eval/report.md, comparison in exp/compare/compare.md"
 fi
 log "Finished stages $stage..$stop_stage"

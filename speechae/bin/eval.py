@@ -1,0 +1,68 @@
+"""``speechae evaluate`` and ``speechae compare``: thin wrappers over speechae.eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("exp_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--test-cuts", default=None, help="test manifest [default: the config's dev/train cuts with 'test']")
+@click.option("--train-cuts", default=None, help="probe training manifest [default: the config's train_cuts]")
+@click.option("--dev-cuts", default=None, help="held-out speakers for the speaker probe [default: config dev_cuts]")
+@click.option("--lang-dir", default=None, help="label tables [default: the config's lang_dir]")
+@click.option("--baselines", default="fbank,mfcc,random_init,mean_spectrum", show_default=True,
+              help="comma-separated: fbank, mfcc, random_init, mean_spectrum, hf:<local dir>[@layer]; '' for none")
+@click.option("--out-dir", default=None, help="output directory [default: EXP_DIR/eval]")
+@click.option("--raw-weights", is_flag=True, help="use the checkpoint's raw weights, not the running average")
+@click.option("--phone-probe", type=click.Choice(["linear", "bilstm"]), default="linear", show_default=True)
+@click.option("--token-probe", type=click.Choice(["linear", "bilstm"]), default="bilstm", show_default=True)
+@click.option("--probe-epochs", type=int, default=10, show_default=True, help="phone-probe epochs")
+@click.option("--token-probe-epochs", type=int, default=8, show_default=True)
+@click.option("--kmeans-k", type=int, default=50, show_default=True, help="k-means clusters for PNMI")
+@click.option("--abx-max-cells", type=int, default=1000, show_default=True,
+              help="ABX cells (context x speaker x phone pair) scored at most")
+@click.option("--max-train-utts", type=int, default=None, help="cap on training-split utterances for probes")
+@click.option("--max-test-utts", type=int, default=None, help="cap on test / dev utterances")
+@click.option("--stacks", is_flag=True, help="also run the phone probe on every encoder stack")
+@click.option("--num-threads", type=int, default=0, help="torch threads (0: leave the default)")
+@click.option("--seed", type=int, default=0, show_default=True)
+def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cuts: str | None, lang_dir: str | None,
+             baselines: str, out_dir: str | None, raw_weights: bool, phone_probe: str, token_probe: str,
+             probe_epochs: int, token_probe_epochs: int, kmeans_k: int, abx_max_cells: int,
+             max_train_utts: int | None, max_test_utts: int | None, stacks: bool, num_threads: int,
+             seed: int) -> None:
+    """Evaluate EXP_DIR's averaged model and baselines: EXP_DIR/eval/{metrics.json, report.md, *.png}."""
+    import torch
+
+    from speechae.eval.pipeline import evaluate_experiment
+    from speechae.eval.probes import ProbeConfig
+    from speechae.eval.suite import EvalConfig
+    from speechae.utils.logging import setup_logging
+
+    setup_logging()
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    cfg = EvalConfig(phone_probe=ProbeConfig(kind=phone_probe, epochs=probe_epochs, lr=1e-2, seed=seed),
+                     token_probe=ProbeConfig(kind=token_probe, epochs=token_probe_epochs, lr=3e-3, seed=seed),
+                     kmeans_k=kmeans_k, abx_max_cells=abx_max_cells, max_train_utts=max_train_utts,
+                     max_test_utts=max_test_utts, stacks=stacks, seed=seed)
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    metrics = evaluate_experiment(exp_dir, test_cuts, train_cuts, dev_cuts, lang_dir, names, cfg, out_dir,
+                                  averaged=not raw_weights)
+    out = Path(out_dir or Path(exp_dir) / "eval")
+    click.echo(f"wrote {out}/metrics.json and {out}/report.md in {metrics['eval_seconds']:.0f}s")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("exp_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out-dir", required=True, help="where compare.md / .csv / .png go")
+def compare(exp_dirs: tuple[str, ...], out_dir: str) -> None:
+    """One table across evaluated EXP_DIRS (mean ± std over seeds; data-efficiency curves
+    when runs differ in data.train_fraction)."""
+    from speechae.eval.compare import compare_experiments
+
+    summary = compare_experiments(exp_dirs, out_dir)
+    click.echo(f"compared {len(exp_dirs)} runs in {len(summary)} groups: {out_dir}/compare.md")

@@ -1,0 +1,185 @@
+"""``speechae evaluate``: score an experiment's averaged model and its baselines, write
+``<exp>/eval/metrics.json``, ``report.md`` and PNG figures.
+
+Baselines (``--baselines``, comma-separated), all scored by the same code as the model:
+
+==================  ========================================================================
+``fbank``           the input 80-dim log-mel (100 Hz)
+``mfcc``            13 MFCCs from the same log-mel (100 Hz)
+``random_init``     the experiment's architecture, randomly initialised (seed fixed)
+``mean_spectrum``   reconstruction reference: every frame predicted as the utterance's mean
+                    log-mel (also the training set's global mean); no features
+``hf:<dir>[@L]``    a local Hugging Face wav2vec 2.0 / HuBERT / WavLM checkpoint, hidden layer L
+==================  ========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from speechae.data.datamodule import Labels, load_cuts
+from speechae.eval.encoders import (FbankEncoder, FeatureEncoder, HFEncoder, MFCCEncoder, ModelEncoder,
+                                    load_utterances)
+from speechae.eval.geometry import plot_pca, plot_spectra
+from speechae.eval.reconstruction import mean_spectrum_metrics, plot_spectrograms
+from speechae.eval.report import build_report, plot_summary, plot_training_curve
+from speechae.eval.resources import read_metrics_jsonl, training_resources
+from speechae.eval.suite import EvalConfig, EvalData, score_system
+from speechae.eval.units import phones_at_rate
+from speechae.utils.io import atomic_path
+
+log = logging.getLogger("speechae.eval")
+
+DEFAULT_BASELINES = ("fbank", "mfcc", "random_init", "mean_spectrum")
+
+
+def resolve_path(path: str | Path, exp_dir: Path | None) -> Path:
+    """A data path from a config: as given (relative to the cwd) or, failing that, relative to
+    the recipe directory that holds ``exp/<name>`` (configs store recipe-relative paths)."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or exp_dir is None:
+        return p
+    for base in (exp_dir.parent.parent, exp_dir.parent, exp_dir):
+        if (base / p).exists():
+            return base / p
+    return p
+
+
+def default_test_cuts(data_cfg: Mapping[str, Any]) -> str:
+    """The test manifest next to the dev/train ones ("dev"/"train" in the name -> "test")."""
+    for key, split in (("dev_cuts", "dev"), ("train_cuts", "train")):
+        p = Path(str(data_cfg.get(key, "")))
+        if split in p.name:
+            return str(p.with_name(p.name.replace(split, "test")))
+    raise ValueError("cannot derive the test cuts from the config; pass --test-cuts")
+
+
+def make_baseline(spec: str, model_config: Mapping[str, Any] | None, seed: int = 0) -> FeatureEncoder | None:
+    """A baseline system by name (see the module docstring); None for ``mean_spectrum``."""
+    if spec == "fbank":
+        return FbankEncoder()
+    if spec == "mfcc":
+        return MFCCEncoder()
+    if spec == "mean_spectrum":
+        return None
+    if spec == "random_init":
+        if model_config is None:
+            raise ValueError("random_init needs the experiment's model config")
+        from speechae.models import build_model
+
+        torch.manual_seed(seed)
+        return ModelEncoder(build_model(dict(model_config)).eval(), name="random_init")
+    if spec.startswith("hf:"):
+        path, _, layer = spec[3:].partition("@")
+        return HFEncoder(path, layer=int(layer) if layer else -1)
+    raise ValueError(f"unknown baseline {spec!r}; use fbank, mfcc, random_init, mean_spectrum or hf:<dir>[@layer]")
+
+
+def load_eval_data(train_cuts: str | Path, test_cuts: str | Path, dev_cuts: str | Path | None,
+                   lang_dir: str | Path, cfg: EvalConfig) -> EvalData:
+    """Utterances of the three splits (capped by ``cfg.max_*_utts``) and the label tables."""
+    labels = Labels(lang_dir)
+    train = load_utterances(load_cuts(train_cuts), labels, cfg.max_train_utts, cfg.seed, desc="load train")
+    test = load_utterances(load_cuts(test_cuts), labels, cfg.max_test_utts, cfg.seed, desc="load test")
+    dev = load_utterances(load_cuts(dev_cuts), labels, cfg.max_test_utts, cfg.seed, desc="load dev") \
+        if dev_cuts is not None and Path(dev_cuts).is_file() else []
+    gmean = np.concatenate([u.log_mel for u in train]).mean(0)
+    return EvalData(train, test, dev, labels, gmean)
+
+
+def _figures(result: Any, data: EvalData, spectra: dict[str, Any], out_dir: Path, cfg: EvalConfig,
+             records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    figs: dict[str, str] = {}
+    test = result.test
+    if test.recon is not None:
+        pairs = [(u.cut_id, u.log_mel, r) for u, r in list(zip(data.test, test.recon))[: cfg.num_plot_utts]]
+        figs["input vs reconstruction"] = plot_spectrograms(pairs, out_dir / "spectrograms.png").name
+    figs["covariance spectrum"] = plot_spectra(spectra, out_dir / "covariance_spectrum.png").name
+    if data.labels.phones is not None and all(u.phones is not None for u in data.test):
+        labels = np.concatenate([phones_at_rate(u.phones, len(f), test.frame_rate)
+                                 for u, f in zip(data.test, test.feats)])
+        names = {v: k for k, v in data.labels.phones.items()}
+        figs["PCA by phone"] = plot_pca(np.concatenate(test.feats), labels, names, out_dir / "pca_phones.png",
+                                        seed=cfg.seed).name
+    if (p := plot_training_curve(records, out_dir / "training_loss.png")) is not None:
+        figs["training loss"] = p.name
+    return figs
+
+
+def evaluate_system(system: FeatureEncoder, data: EvalData, out_dir: str | Path, baselines: Sequence[Any] = (),
+                    cfg: EvalConfig = EvalConfig(), info: Mapping[str, Any] | None = None,
+                    exp_dir: str | Path | None = None) -> dict[str, Any]:
+    """Score ``system`` and ``baselines`` (FeatureEncoders, or "mean_spectrum"), write
+    metrics.json / report.md / figures to ``out_dir``, return the metrics dict."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = score_system(system, data, cfg)
+    metrics: dict[str, Any] = {"system": system.name, **(info or {}), **result.sections,
+                               "num_train_utts": len(data.train), "num_test_utts": len(data.test),
+                               "num_dev_utts": len(data.dev)}
+    if "reconstruction" in metrics:
+        metrics["reconstruction"]["reference"] = mean_spectrum_metrics([u.log_mel for u in data.test],
+                                                                       data.global_mean)
+    records = read_metrics_jsonl(Path(exp_dir) / "log" / "metrics.jsonl") if exp_dir else []
+    if exp_dir is not None and (train_res := training_resources(exp_dir)):
+        metrics["resources"]["training"] = train_res
+    spectra = {system.name: result.sections["geometry"]["covariance_spectrum"]}
+    timings = {system.name: result.timings}
+    metrics["baselines"] = {}
+    for b in baselines:
+        if b is None or b == "mean_spectrum":
+            ref = mean_spectrum_metrics([u.log_mel for u in data.test], data.global_mean)
+            metrics["baselines"]["mean_spectrum"] = {"reconstruction": ref["utterance_mean"]}
+            continue
+        res = score_system(b, data, cfg)
+        metrics["baselines"][b.name] = res.sections
+        timings[b.name] = res.timings
+        spectra[b.name] = res.sections["geometry"]["covariance_spectrum"]
+    figs = _figures(result, data, spectra, out_dir, cfg, records)
+    if (p := plot_summary({system.name: metrics, **metrics["baselines"]}, out_dir / "summary.png")) is not None:
+        figs["headline metrics"] = p.name
+    metrics["timing_s"] = {n: {k: round(v, 2) for k, v in t.items()} for n, t in timings.items()}
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, ensure_ascii=False), encoding="utf-8")
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(build_report(metrics, figs), encoding="utf-8")
+    log.info("evaluation written to %s in %.1fs", out_dir, metrics["eval_seconds"])
+    return metrics
+
+
+def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None,
+                        train_cuts: str | Path | None = None, dev_cuts: str | Path | None = None,
+                        lang_dir: str | Path | None = None, baselines: Sequence[str] = DEFAULT_BASELINES,
+                        cfg: EvalConfig = EvalConfig(), out_dir: str | Path | None = None,
+                        averaged: bool = True) -> dict[str, Any]:
+    """Evaluate ``<exp_dir>``'s latest checkpoint (running-average weights when ``averaged``);
+    data paths default to the experiment's resolved config (test cuts: see
+    :func:`default_test_cuts`)."""
+    from speechae.train.checkpoint import load_checkpoint, load_model_from_checkpoint
+
+    exp_dir = Path(exp_dir)
+    model, config = load_model_from_checkpoint(exp_dir, averaged=averaged)
+    step = int(load_checkpoint(exp_dir).get("step", 0))
+    data_cfg = config.get("data", {})
+    paths = {
+        "train_cuts": resolve_path(train_cuts or data_cfg["train_cuts"], exp_dir),
+        "dev_cuts": resolve_path(dev_cuts or data_cfg.get("dev_cuts", ""), exp_dir),
+        "test_cuts": resolve_path(test_cuts or default_test_cuts(data_cfg), exp_dir),
+        "lang_dir": resolve_path(lang_dir or data_cfg.get("lang_dir", "data/lang"), exp_dir),
+    }
+    data = load_eval_data(paths["train_cuts"], paths["test_cuts"], paths["dev_cuts"], paths["lang_dir"], cfg)
+    systems = [make_baseline(b, config.get("model"), cfg.seed) for b in baselines]
+    system = ModelEncoder(model, name=exp_dir.name, stacks=cfg.stacks)
+    info = {"experiment": str(exp_dir), "checkpoint_step": step, "averaged": averaged,
+            **{k: str(v) for k, v in paths.items()}}
+    return evaluate_system(system, data, out_dir or exp_dir / "eval", [s if s is not None else "mean_spectrum"
+                                                                       for s in systems], cfg, info, exp_dir)

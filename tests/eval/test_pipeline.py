@@ -1,0 +1,158 @@
+"""End to end: ``speechae evaluate`` on a checkpoint of a tiny model, ``speechae compare``,
+and the Hugging Face baseline loader on a tiny randomly initialised wav2vec 2.0."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from speechae.eval.report import check_report
+
+SECTIONS = ("reconstruction", "probes", "abx", "pnmi", "geometry", "resources", "baselines")
+
+
+def _make_experiment(root: Path, ds, seed: int = 7, fraction: float = 1.0) -> Path:
+    """A trainer-format experiment dir: config.yaml, one checkpoint, a short metrics.jsonl."""
+    from speechae.models import build_model
+    from speechae.train.checkpoint import checkpoint_path, save_checkpoint
+    from speechae.train.config import experiment_config_from_dict
+    from speechae.train.testing import small_experiment
+
+    cfg = experiment_config_from_dict(small_experiment(
+        ds.cuts("train"), ds.cuts("dev"), ds.lang, train={"seed": seed}, data={"train_fraction": fraction})).to_dict()
+    exp = root / f"exp_f{fraction}_seed{seed}"
+    (exp / "log").mkdir(parents=True)
+    (exp / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    torch.manual_seed(seed)
+    model = build_model(cfg["model"])
+    save_checkpoint(checkpoint_path(exp / "checkpoints", 6), {"config": cfg, "step": 6, "model": model.state_dict(),
+                                                             "model_avg": None})
+    recs = [{"step": s, "loss/total": 5.0 / s + (20.0 if s == 30 else 0.0), "train/audio_s_per_s": 50.0,
+             "train/steps_per_s": 2.0, "train/peak_memory_mb": 300.0 + s, "train/nonfinite_steps": 0.0}
+            for s in range(1, 41)]
+    recs.append({"step": 40, "split": "valid", "valid/loss/total": 1.0})
+    (exp / "log" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return exp
+
+
+def _tiny_hf_model(path: Path) -> Path:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    cfg = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                         conv_dim=(16, 16, 16), conv_stride=(5, 8, 8), conv_kernel=(10, 8, 8),
+                         num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    Wav2Vec2Model(cfg).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_dataset, tmp_path_factory):
+    """One experiment evaluated through the CLI with every baseline kind."""
+    from speechae.cli import main
+
+    root = tmp_path_factory.mktemp("eval")
+    exp = _make_experiment(root, tiny_dataset)
+    hf = _tiny_hf_model(root / "w2v_tiny")
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(main, [
+        "evaluate", str(exp), "--baselines", f"fbank,mfcc,random_init,mean_spectrum,hf:{hf}",
+        "--probe-epochs", "2", "--token-probe-epochs", "1", "--kmeans-k", "8", "--abx-max-cells", "50",
+        "--test-cuts", str(tiny_dataset.cuts("test"))], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return exp, root
+
+
+def test_metrics_json_has_every_section(evaluated) -> None:
+    exp, _ = evaluated
+    m = json.loads((exp / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    for s in SECTIONS:
+        assert m.get(s), f"section {s} missing or empty"
+    assert m["checkpoint_step"] == 6
+    rec = m["reconstruction"]
+    assert rec["lsd_db"] > 0 and rec["mcd_db"] > 0 and "utterance_mean" in rec["reference"]
+    assert 0 <= m["probes"]["phone"]["per"] and 0 <= m["probes"]["token"]["cer"]
+    assert 0 <= m["probes"]["speaker"]["accuracy"] <= 1
+    assert 0 <= m["abx"]["within_error_pct"] <= 100
+    assert 0 <= m["pnmi"]["pnmi"] <= 1
+    g = m["geometry"]
+    assert 1 <= g["effective_rank"] <= g["dim"] and g["ep_floor"] == pytest.approx(1.05, abs=0.01)
+    assert m["resources"]["params"] > 0 and m["resources"]["gflops_per_audio_s"] > 0
+    train = m["resources"]["training"]
+    assert train["loss_spikes"] == 1 and train["peak_memory_mb"] == 340.0 and train["nonfinite_steps"] == 0
+    base = m["baselines"]
+    assert set(base) == {"fbank", "mfcc", "random_init", "mean_spectrum", "hf_w2v_tiny"}
+    assert "reconstruction" in base["random_init"] and "reconstruction" not in base["fbank"]
+    assert set(base["mean_spectrum"]) == {"reconstruction"}
+    assert base["hf_w2v_tiny"]["geometry"]["frame_rate_hz"] == pytest.approx(50.0)
+    assert base["hf_w2v_tiny"]["resources"]["params"] > 0
+
+
+def test_report_has_no_empty_cells(evaluated) -> None:
+    exp, _ = evaluated
+    text = (exp / "eval" / "report.md").read_text(encoding="utf-8")
+    assert check_report(text) == []
+    for title in ("Reconstruction", "Probes", "ABX", "PNMI" if False else "k-means", "Geometry", "Resources"):
+        assert f"## {title}" in text
+    for png in ("spectrograms.png", "covariance_spectrum.png", "pca_phones.png", "summary.png", "training_loss.png"):
+        assert (exp / "eval" / png).stat().st_size > 1000
+        assert f"]({png})" in text
+
+
+def test_check_report_flags_placeholders() -> None:
+    assert check_report("| a | b |\n|---|---|\n| x | nan |\n") != []
+    assert check_report("| a | b |\n|---|---|\n| x |  |\n") != []
+    assert check_report("| a | b |\n|---|---|\n| x | 1.0 |\n") == []
+
+
+def test_compare_pools_seeds_and_plots_data_efficiency(evaluated, tmp_path) -> None:
+    from speechae.cli import main
+
+    exp, _ = evaluated
+    runs = []
+    for seed, fraction, shift in ((7, 1.0, 0.0), (8, 1.0, 0.1), (7, 0.5, 0.3)):
+        d = tmp_path / f"arm_f{fraction}_seed{seed}"
+        shutil.copytree(exp, d)
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg["train"]["seed"], cfg["data"]["train_fraction"] = seed, fraction
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        m = json.loads((d / "eval" / "metrics.json").read_text())
+        m["probes"]["phone"]["per"] += shift
+        (d / "eval" / "metrics.json").write_text(json.dumps(m))
+        runs.append(str(d))
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", *runs, "--out-dir", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = (out / "compare.md").read_text()
+    assert check_report(text) == []
+    assert "±" in text and "data.train_fraction" in text
+    per = {r["group"]: r for r in __import__("csv").DictReader(open(out / "compare.csv"))}
+    assert len(per) == 2
+    pooled = [r for r in per.values() if r["n"] == "2"][0]
+    base = json.loads((exp / "eval" / "metrics.json").read_text())["probes"]["phone"]["per"] * 100
+    assert float(pooled["phone PER % mean"]) == pytest.approx(base + 5.0)
+    assert float(pooled["phone PER % std"]) == pytest.approx(np.std([base, base + 10.0], ddof=1))
+    for png in ("compare.png", "data_efficiency.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_hf_loader_on_tiny_saved_model(tiny_dataset, tmp_path) -> None:
+    from speechae.data.datamodule import Labels, load_cuts
+    from speechae.eval.encoders import HFEncoder, load_utterances
+    from speechae.eval.pipeline import make_baseline
+
+    path = _tiny_hf_model(tmp_path / "w2v")
+    enc = make_baseline(f"hf:{path}@1", None)
+    assert isinstance(enc, HFEncoder) and enc.frame_rate == pytest.approx(50.0)
+    utts = load_utterances(load_cuts(tiny_dataset.cuts("test")), Labels(tiny_dataset.lang))[:2]
+    out = enc.encode(utts)
+    for u, f in zip(utts, out.feats):
+        assert f.shape[1] == 16 and np.isfinite(f).all()
+        assert abs(len(f) - len(u.log_mel) / 2) <= 2  # 50 Hz vs 100 Hz fbank
