@@ -92,7 +92,7 @@ if stage_selected 5; then
     case $split in test*) ;; *) continue ;; esac
     # shellcheck disable=SC2086
     run_stage 5 "eval.${exp#exp/}.$split" speechae evaluate "$exp" \
-      --cuts data/targets/${prefix}_cuts_$split.jsonl.gz --lang-dir data/lang $eval_args
+      --test-cuts data/targets/${prefix}_cuts_$split.jsonl.gz --lang-dir data/lang --out-dir "$exp/eval_$split" $eval_args
   done
 fi
 log "Finished stages $stage..$stop_stage"
