@@ -44,6 +44,7 @@ def write_experiment_files(cfg: ExperimentConfig, exp_dir: Path, command: Sequen
             log.warning("resuming with a changed config: %s", ", ".join(changed))
     with atomic_path(cfg_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)
     script = "#!/usr/bin/env bash\n# Re-runs (and resumes) this experiment.\ncd " + shlex.quote(str(Path.cwd())) + \
         "\n" + " ".join(shlex.quote(c) for c in command) + "\n"
     with atomic_path(exp_dir / "command.sh") as tmp:

@@ -10,7 +10,7 @@ root=${SPEECHAE_ROOT:-$(cd ../../.. && pwd)}
 
 help_message="Usage: $0 [options]   (tiny synthetic English+Bengali recipe)
 Stages: 0 synthesize corpus | 1 manifests | 2 fbank | 3 targets | 4 train | 5 evaluate"
-recipe_options="stage stop_stage nj force_stage num_speakers utts_per_speaker on_error vocab_size num_clusters"
+recipe_options="stage stop_stage nj force_stage num_speakers utts_per_speaker on_error vocab_size num_clusters arms parallel_arms train_threads world_size train_overrides"
 stage=0
 stop_stage=5
 nj=2                     # parallel jobs for synthesis and feature extraction
@@ -20,6 +20,11 @@ utts_per_speaker=34      # 12 x 34 utterances ~ 20 minutes of audio
 on_error=fail            # fail | skip (bad audio/transcripts listed in data/manifests/mini_skipped.txt)
 vocab_size=256           # sentencepiece vocabulary (upper bound)
 num_clusters=50          # k-means units for the masked-unit objective
+arms="sigreg kl"         # stage 4: one experiment per conf/<arm>.yaml
+parallel_arms=true       # train the arms at the same time (one thread each) or one after another
+train_threads=1          # torch threads per training process
+world_size=1             # >1: DDP processes per arm on this node (torchrun, gloo on CPU)
+train_overrides=         # extra key=value config overrides for every arm, e.g. "train.max_steps=20"
 
 source "$root/tools/recipe_lib.sh" "$@"
 
@@ -41,8 +46,25 @@ if stage_selected 3; then
     --vocab-size "$vocab_size" --num-clusters "$num_clusters"
 fi
 if stage_selected 4; then
-  log "Stage 4 (train): not available yet: training arrives with the trainer issue."
-  exit 2
+  # Arms that differ only in the regularizer (conf/<arm>.yaml -> exp/tiny_<arm>).  With
+  # parallel_arms=true they train side by side, one thread each (2 cores: ~5 min in all).
+  # Re-running resumes an interrupted arm; exp/tiny_<arm>/.stage4.train.done marks a finished one.
+  pids=()
+  for arm in $arms; do
+    (
+      done_dir=exp/tiny_$arm
+      ws_args=(); [ "$world_size" -gt 1 ] && ws_args=(--world-size "$world_size")
+      # shellcheck disable=SC2086
+      run_stage 4 train speechae train "conf/$arm.yaml" --exp-dir "exp/tiny_$arm" "${ws_args[@]}" \
+        train.num_threads="$train_threads" $train_overrides 2>&1 | sed -u "s/^/[$arm] /"
+    ) &
+    pids+=($!)
+    [ "$parallel_arms" = true ] || wait "${pids[-1]}"
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  for arm in $arms; do
+    log "exp/tiny_$arm: $(ls exp/tiny_$arm/checkpoints | tr '\n' ' ')"
+  done
 fi
 if stage_selected 5; then
   # Evaluate each arm (running-average weights) beside the fbank / MFCC / random-init /
