@@ -70,6 +70,8 @@ def run_training(cfg: ExperimentConfig, exp_dir: str | Path, command: Sequence[s
         torch.set_num_threads(cfg.train.num_threads)
     own_group = env is None
     env = env or init_distributed(cfg.train.device, cfg.train.ddp_backend)
+    if not env.is_main:  # progress lines come from rank 0; other ranks report problems only
+        logging.getLogger().setLevel(logging.WARNING)
     handler = None
     try:
         if env.is_main:
