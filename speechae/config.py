@@ -153,7 +153,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _parse_scalar(raw)
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -165,6 +165,19 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict:
             node = nxt
         node[parts[-1]] = value
     return out
+
+
+def _parse_scalar(raw: str) -> Any:
+    """YAML value of an override; also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    if raw == "":
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def resolve_choice(kind: str, name: str, table: Mapping[str, T]) -> T:

@@ -39,6 +39,7 @@ def test_yaml_base_chain_and_overrides(tmp_path):
     data = apply_overrides(load_yaml(tmp_path / "arm.yaml"), ["steps=7", "inner.kind=sigreg", "dims=[5]"])
     cfg = from_dict(Outer, data)
     assert (cfg.steps, cfg.inner.kind, cfg.inner.weight, cfg.dims) == (7, "sigreg", 0.1, [5])
+    assert apply_overrides({}, ["inner.weight=1e-3", "name=abc"]) == {"inner": {"weight": 1e-3}, "name": "abc"}
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["steps"])
     with pytest.raises(ConfigError, match="no such config file"):
