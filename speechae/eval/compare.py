@@ -219,7 +219,9 @@ def compare_experiments(exp_dirs: Sequence[str | Path], out_dir: str | Path) -> 
              "runs that differ only in `train.seed` (n = seeds); lower is better for errors, LSD, MCD, "
              "Epps-Pulley.", "", markdown_table(["group", "n"] + metrics, body), ""]
     if diffs:
-        rows = [[lab] + [str(g[0].config.get(k)) for k in diffs] for lab, g in zip(labels, groups)]
+        # values in backticks: a config value such as `none` must not read as a missing cell
+        rows = [[lab] + [f"`{g[0].config[k]}`" if k in g[0].config else "(not set)" for k in diffs]
+                for lab, g in zip(labels, groups)]
         lines += ["## What differs between groups", "", markdown_table(["group"] + diffs, rows), ""]
     _write_csv(out_dir / "compare.csv", ["group", "n"] + [f"{m} {x}" for m in metrics for x in ("mean", "std")],
                [[lab, len(g)] + [v for m in metrics for v in s[m][:2]] for lab, g, s in zip(labels, groups, stats)])

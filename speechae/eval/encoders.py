@@ -71,7 +71,7 @@ def load_utterances(cuts: CutSet, labels: Labels, max_utts: int | None = None, s
     ds = AEDataset(labels)
     by_id = {c.id: c for c in cut_list}
     out: dict[str, Utterance] = {}
-    for b in tqdm(range(0, len(cut_list), chunk), desc=desc, leave=False):
+    for b in tqdm(range(0, len(cut_list), chunk), desc=desc, leave=False, disable=None):
         batch = ds[CutSet.from_cuts(cut_list[b: b + chunk])]
         for i, cid in enumerate(batch["cut_ids"]):
             out[cid] = _utterance(by_id[cid], batch, i)
@@ -172,7 +172,7 @@ class ModelEncoder(FeatureEncoder):
         logvar: list[Any] = [None] * n
         recon: list[Any] = [None] * n
         stacks: dict[str, tuple[float, list[Any]]] = {}
-        for idx in tqdm(_batches(utts, self.max_frames), desc=f"encode {self.name}", leave=False):
+        for idx in tqdm(_batches(utts, self.max_frames), desc=f"encode {self.name}", leave=False, disable=None):
             lens = torch.tensor([len(utts[i].log_mel) for i in idx])
             x = torch.zeros(len(idx), int(lens.max()), utts[idx[0]].log_mel.shape[1])
             for b, i in enumerate(idx):
@@ -248,7 +248,7 @@ class HFEncoder(FeatureEncoder):
     @torch.no_grad()
     def encode(self, utts: Sequence[Utterance], with_recon: bool = False) -> Encoded:
         feats = []
-        for u in tqdm(utts, desc=f"encode {self.name}", leave=False):
+        for u in tqdm(utts, desc=f"encode {self.name}", leave=False, disable=None):
             wav = torch.from_numpy(np.asarray(self._waveform(u), dtype=np.float32))[None].to(self.device)
             out = self.model(wav, output_hidden_states=True)
             feats.append(out.hidden_states[self.layer][0].float().cpu().numpy())

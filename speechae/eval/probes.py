@@ -154,7 +154,7 @@ def train_ctc_probe(feats: Sequence[np.ndarray], targets: Sequence[Sequence[int]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     probe.train()
-    for _ in tqdm(range(cfg.epochs), desc=desc, leave=False):
+    for _ in tqdm(range(cfg.epochs), desc=desc, leave=False, disable=None):
         order = torch.randperm(len(feats), generator=g).tolist()
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b: b + cfg.batch_size]

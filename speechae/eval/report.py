@@ -182,9 +182,10 @@ def plot_summary(systems: Mapping[str, Mapping[str, Any]], path: str | Path) -> 
     panels = [(t, v) for t, v in panels if v]
     if not panels:
         return None
+    colour = {n: f"C{i}" for i, n in enumerate(systems)}  # one colour per system in every panel
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, vals) in zip(axes[0], panels):
-        ax.bar(range(len(vals)), list(vals.values()), color=[f"C{i}" for i in range(len(vals))])
+        ax.bar(range(len(vals)), list(vals.values()), color=[colour[n] for n in vals])
         ax.set_xticks(range(len(vals)), list(vals.keys()), rotation=45, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -1,0 +1,71 @@
+"""Benchmark the evaluation stage: wall time of each metric for one system.
+
+    python bench/bench_eval.py --data-dir egs/mini/ae/data [--exp egs/mini/ae/exp/tiny_sigreg]
+        [--baseline fbank] [--num-threads 1]
+
+Scores the experiment's averaged model (or, without --exp, a randomly initialised tiny model)
+and optionally one baseline with the recipe's default settings, and prints a per-metric timing
+table plus one JSON line.  Timings are per process; on a shared machine run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from speechae.eval.encoders import ModelEncoder
+from speechae.eval.pipeline import load_eval_data, make_baseline
+from speechae.eval.suite import EvalConfig, score_system
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default="egs/mini/ae/data")
+    ap.add_argument("--prefix", default="mini")
+    ap.add_argument("--exp", default=None, help="experiment dir (default: random tiny model)")
+    ap.add_argument("--baseline", default=None, help="also time this baseline (fbank, mfcc, random_init, hf:<dir>)")
+    ap.add_argument("--num-threads", type=int, default=1)
+    ap.add_argument("--max-train-utts", type=int, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.num_threads)
+    d = Path(args.data_dir)
+    cfg = EvalConfig(max_train_utts=args.max_train_utts)
+    t0 = time.perf_counter()
+    data = load_eval_data(d / f"targets/{args.prefix}_cuts_train.jsonl.gz", d / f"targets/{args.prefix}_cuts_test.jsonl.gz",
+                          d / f"targets/{args.prefix}_cuts_dev.jsonl.gz", d / "lang", cfg)
+    load_s = time.perf_counter() - t0
+    if args.exp:
+        from speechae.train.checkpoint import load_model_from_checkpoint
+
+        model, config = load_model_from_checkpoint(args.exp)
+        name = Path(args.exp).name
+    else:
+        from speechae.models import build_model
+
+        torch.manual_seed(0)
+        config = {"model": {"preset": "tiny"}}
+        model, name = build_model(config["model"]), "random_tiny"
+    systems = [ModelEncoder(model, name=name)]
+    if args.baseline:
+        systems.append(make_baseline(args.baseline, config.get("model")))
+    audio_s = sum(len(u.log_mel) for u in data.train + data.test + data.dev) / 100.0
+    result = {"load_s": round(load_s, 2), "audio_s": round(audio_s, 1), "threads": args.num_threads}
+    print(f"data: {len(data.train)} train / {len(data.test)} test / {len(data.dev)} dev utterances, "
+          f"{audio_s / 60:.1f} min of audio, loaded in {load_s:.1f}s")
+    for system in systems:
+        t = time.perf_counter()
+        timings = score_system(system, data, cfg).timings
+        total = time.perf_counter() - t
+        print(f"\n{system.name}: {total:.1f}s")
+        for k, v in sorted(timings.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:<16} {v:7.2f}s")
+        result[system.name] = {"total_s": round(total, 2), **{k: round(v, 2) for k, v in timings.items()}}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
