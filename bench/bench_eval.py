@@ -35,8 +35,8 @@ def main() -> None:
     d = Path(args.data_dir)
     cfg = EvalConfig(max_train_utts=args.max_train_utts)
     t0 = time.perf_counter()
-    data = load_eval_data(d / f"targets/{args.prefix}_cuts_train.jsonl.gz", d / f"targets/{args.prefix}_cuts_test.jsonl.gz",
-                          d / f"targets/{args.prefix}_cuts_dev.jsonl.gz", d / "lang", cfg)
+    cuts = {s: d / f"targets/{args.prefix}_cuts_{s}.jsonl.gz" for s in ("train", "test", "dev")}
+    data = load_eval_data(cuts["train"], cuts["test"], cuts["dev"], d / "lang", cfg)
     load_s = time.perf_counter() - t0
     if args.exp:
         from speechae.train.checkpoint import load_model_from_checkpoint

@@ -226,7 +226,8 @@ def compare_experiments(exp_dirs: Sequence[str | Path], out_dir: str | Path) -> 
     _write_csv(out_dir / "compare.csv", ["group", "n"] + [f"{m} {x}" for m in metrics for x in ("mean", "std")],
                [[lab, len(g)] + [v for m in metrics for v in s[m][:2]] for lab, g, s in zip(labels, groups, stats)])
     _write_csv(out_dir / "runs.csv", ["run", "group"] + [m for m, *_ in HEADLINE],
-               [[r.name, lab] + [r.values.get(m, "") for m, *_ in HEADLINE] for lab, g in zip(labels, groups) for r in g])
+               [[r.name, lab] + [r.values.get(m, "") for m, *_ in HEADLINE]
+                for lab, g in zip(labels, groups) for r in g])
     _bar_chart(labels, stats, out_dir / "compare.png")
     lines += ["![comparison](compare.png)", ""]
     if data_efficiency(runs, out_dir) is not None:

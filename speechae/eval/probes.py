@@ -218,7 +218,8 @@ def classification_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nd
     return float((clf.predict(test_x) == test_y).mean())
 
 
-def per_label_split(labels: Sequence[int], keys: Sequence[str], train_share: float = 0.5) -> tuple[list[int], list[int]]:
+def per_label_split(labels: Sequence[int], keys: Sequence[str],
+                    train_share: float = 0.5) -> tuple[list[int], list[int]]:
     """Split items of every label into train/test by sorted key (deterministic): the first
     ``train_share`` of each label's items train, the rest test (at least one of each when the
     label has two or more items; single-item labels are dropped)."""

@@ -101,7 +101,8 @@ def training_resources(exp_dir: str | Path, loss_key: str = "loss/total") -> dic
         if np.isfinite(v).any():
             out[name] = float(agg(v))
     # the logger writes non-finite values as strings ("nan", "inf"): _num turns them back
-    out["nonfinite_logged_losses"] = int((~np.isfinite(losses)).sum())
+    has_loss = [loss_key in r for r in recs]
+    out["nonfinite_logged_losses"] = int((~np.isfinite(losses[has_loss])).sum())
     out["loss_spikes"] = loss_spikes(losses)
     finite = losses[np.isfinite(losses)]
     if finite.size:

@@ -156,3 +156,25 @@ def test_hf_loader_on_tiny_saved_model(tiny_dataset, tmp_path) -> None:
     for u, f in zip(utts, out.feats):
         assert f.shape[1] == 16 and np.isfinite(f).all()
         assert abs(len(f) - len(u.log_mel) / 2) <= 2  # 50 Hz vs 100 Hz fbank
+
+
+def test_stack_probes_and_geometry_of_gaussian_model(tiny_dataset) -> None:
+    from speechae.eval.encoders import ModelEncoder
+    from speechae.eval.pipeline import load_eval_data
+    from speechae.eval.probes import ProbeConfig
+    from speechae.eval.suite import EvalConfig, score_system
+    from speechae.models import build_model
+    from speechae.train.testing import SMALL_MODEL
+
+    cfg = EvalConfig(phone_probe=ProbeConfig(epochs=1), token_probe=ProbeConfig(epochs=1), stack_probe_epochs=1,
+                     kmeans_k=4, abx_max_cells=10, stacks=True)
+    data = load_eval_data(tiny_dataset.cuts("train"), tiny_dataset.cuts("test"), tiny_dataset.cuts("dev"),
+                          tiny_dataset.lang, cfg)
+    torch.manual_seed(0)
+    model = build_model({**SMALL_MODEL, "bottleneck": {"kind": "gaussian", "latent_dim": 8}})
+    res = score_system(ModelEncoder(model, "gauss", stacks=True), data, cfg)
+    stacks = res.sections["probes"]["phone_by_stack"]
+    assert [v["frame_rate"] for v in stacks.values()] == [50.0, 25.0, 12.5, 6.25, 12.5, 25.0]
+    assert all(v["per"] >= 0 for v in stacks.values())
+    g = res.sections["geometry"]
+    assert len(g["kl_per_dim"]) == 8 and g["kl_total_nats"] == pytest.approx(sum(g["kl_per_dim"]))
