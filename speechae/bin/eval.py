@@ -20,7 +20,7 @@ import click
 @click.option("--phone-probe", type=click.Choice(["linear", "bilstm"]), default="linear", show_default=True)
 @click.option("--token-probe", type=click.Choice(["linear", "bilstm"]), default="bilstm", show_default=True)
 @click.option("--probe-epochs", type=int, default=10, show_default=True, help="phone-probe epochs")
-@click.option("--token-probe-epochs", type=int, default=8, show_default=True)
+@click.option("--token-probe-epochs", type=int, default=10, show_default=True)
 @click.option("--kmeans-k", type=int, default=50, show_default=True, help="k-means clusters for PNMI")
 @click.option("--abx-max-cells", type=int, default=1000, show_default=True,
               help="ABX cells (context x speaker x phone pair) scored at most")
@@ -35,20 +35,21 @@ def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cu
              max_train_utts: int | None, max_test_utts: int | None, stacks: bool, num_threads: int,
              seed: int) -> None:
     """Evaluate EXP_DIR's averaged model and baselines: EXP_DIR/eval/{metrics.json, report.md, *.png}."""
+    from dataclasses import replace
+
     import torch
 
     from speechae.eval.pipeline import evaluate_experiment
-    from speechae.eval.probes import ProbeConfig
     from speechae.eval.suite import EvalConfig
     from speechae.utils.logging import setup_logging
 
     setup_logging()
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-    cfg = EvalConfig(phone_probe=ProbeConfig(kind=phone_probe, epochs=probe_epochs, lr=1e-2, seed=seed),
-                     token_probe=ProbeConfig(kind=token_probe, epochs=token_probe_epochs, lr=3e-3, seed=seed),
-                     kmeans_k=kmeans_k, abx_max_cells=abx_max_cells, max_train_utts=max_train_utts,
+    cfg = EvalConfig(kmeans_k=kmeans_k, abx_max_cells=abx_max_cells, max_train_utts=max_train_utts,
                      max_test_utts=max_test_utts, stacks=stacks, seed=seed)
+    cfg.phone_probe = replace(cfg.phone_probe, kind=phone_probe, epochs=probe_epochs, seed=seed)
+    cfg.token_probe = replace(cfg.token_probe, kind=token_probe, epochs=token_probe_epochs, seed=seed)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     metrics = evaluate_experiment(exp_dir, test_cuts, train_cuts, dev_cuts, lang_dir, names, cfg, out_dir,
                                   averaged=not raw_weights)
