@@ -20,6 +20,8 @@ import click
 @click.option("--phone-probe", type=click.Choice(["linear", "bilstm"]), default="linear", show_default=True)
 @click.option("--token-probe", type=click.Choice(["linear", "bilstm"]), default="bilstm", show_default=True)
 @click.option("--probe-epochs", type=int, default=10, show_default=True, help="phone-probe epochs")
+@click.option("--probe-seeds", type=int, default=1, show_default=True,
+              help="train the phone probe with this many seeds and report mean (± std)")
 @click.option("--token-probe-epochs", type=int, default=10, show_default=True)
 @click.option("--kmeans-k", type=int, default=50, show_default=True, help="k-means clusters for PNMI")
 @click.option("--abx-max-cells", type=int, default=1000, show_default=True,
@@ -31,7 +33,7 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True)
 def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cuts: str | None, lang_dir: str | None,
              baselines: str, out_dir: str | None, raw_weights: bool, phone_probe: str, token_probe: str,
-             probe_epochs: int, token_probe_epochs: int, kmeans_k: int, abx_max_cells: int,
+             probe_epochs: int, probe_seeds: int, token_probe_epochs: int, kmeans_k: int, abx_max_cells: int,
              max_train_utts: int | None, max_test_utts: int | None, stacks: bool, num_threads: int,
              seed: int) -> None:
     """Evaluate EXP_DIR's averaged model and baselines: EXP_DIR/eval/{metrics.json, report.md, *.png}."""
@@ -47,7 +49,7 @@ def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cu
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     cfg = EvalConfig(kmeans_k=kmeans_k, abx_max_cells=abx_max_cells, max_train_utts=max_train_utts,
-                     max_test_utts=max_test_utts, stacks=stacks, seed=seed)
+                     max_test_utts=max_test_utts, stacks=stacks, seed=seed, phone_probe_seeds=probe_seeds)
     cfg.phone_probe = replace(cfg.phone_probe, kind=phone_probe, epochs=probe_epochs, seed=seed)
     cfg.token_probe = replace(cfg.token_probe, kind=token_probe, epochs=token_probe_epochs, seed=seed)
     names = [b.strip() for b in baselines.split(",") if b.strip()]

@@ -39,7 +39,8 @@ TABLES: list[tuple[str, str, list[tuple[str, str, Fmt]]]] = [
         ("LSD (dB)", "lsd_db", _f(2)), ("mel L1", "mel_l1", _f(3)), ("MCD (dB)", "mcd_db", _f(2)),
         ("frames", "num_frames", _int)]),
     ("Probes on frozen features", "probes", [
-        ("phone PER %", "phone.per", _pct), ("token TER %", "token.ter", _pct), ("CER %", "token.cer", _pct),
+        ("phone PER %", "phone.per", _pct), ("± std (probe seeds)", "phone.per_std", _pct),
+        ("token TER %", "token.ter", _pct), ("CER %", "token.cer", _pct),
         ("WER %", "token.wer", _pct), ("speaker acc %", "speaker.accuracy", _pct),
         ("language acc %", "language.accuracy", _pct)]),
     ("ABX error (test split)", "abx", [

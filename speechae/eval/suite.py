@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,6 +40,7 @@ class EvalConfig:
     # BiLSTM's cost for 50 Hz systems and quarters it for 100 Hz fbank/MFCC
     token_probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(kind="bilstm", hidden=128, epochs=10,
                                                                          lr=1e-2, max_rate=25.0))
+    phone_probe_seeds: int = 1
     stack_probe_epochs: int = 10
     kmeans_k: int = 50
     abx_max_cells: int = 1000
@@ -76,13 +77,23 @@ def _has_phones(utts: Sequence[Utterance]) -> bool:
     return bool(utts) and all(u.phones is not None for u in utts)
 
 
-def phone_probe(train: Encoded, test: Encoded, data: EvalData, cfg: ProbeConfig, name: str) -> dict[str, float]:
-    """CTC phone probe: PER (fraction) on the test split."""
+def phone_probe(train: Encoded, test: Encoded, data: EvalData, cfg: ProbeConfig, name: str,
+                seeds: int = 1) -> dict[str, Any]:
+    """CTC phone probe: PER (fraction) on the test split; with ``seeds`` > 1 the probe is
+    retrained with that many seeds and ``per`` is their mean (``per_std`` the sample std):
+    on a tiny test set the seed-to-seed spread of a short probe is several PER points."""
     assert data.labels.phones is not None
-    per, _ = ctc_probe_error(train.feats, [u.phone_seq for u in data.train], test.feats,
-                             [u.phone_seq for u in data.test], len(data.labels.phones), train.frame_rate,
-                             cfg, desc=f"{name} phone probe")
-    return {"per": per, "probe": cfg.kind, "epochs": cfg.epochs}
+    pers = []
+    for k in range(seeds):
+        per, _ = ctc_probe_error(train.feats, [u.phone_seq for u in data.train], test.feats,
+                                 [u.phone_seq for u in data.test], len(data.labels.phones), train.frame_rate,
+                                 replace(cfg, seed=cfg.seed + k), desc=f"{name} phone probe")
+        pers.append(per)
+    out: dict[str, Any] = {"per": float(np.mean(pers)), "probe": cfg.kind, "epochs": cfg.epochs, "seeds": seeds}
+    if seeds > 1:
+        out["per_std"] = float(np.std(pers, ddof=1))
+        out["per_by_seed"] = pers
+    return out
 
 
 def token_probe(train: Encoded, test: Encoded, data: EvalData, cfg: ProbeConfig, name: str) -> dict[str, float]:
@@ -163,7 +174,8 @@ def _probes(train: Encoded, test: Encoded, dev: Encoded, data: EvalData, cfg: Ev
             timings: dict[str, float], notes: list[str]) -> dict[str, Any]:
     probes: dict[str, Any] = {}
     if _has_phones(data.train) and _has_phones(data.test) and data.labels.phones is not None:
-        probes["phone"] = _timed(timings, "phone_probe", phone_probe, train, test, data, cfg.phone_probe, name)
+        probes["phone"] = _timed(timings, "phone_probe", phone_probe, train, test, data, cfg.phone_probe, name,
+                                 cfg.phone_probe_seeds)
         if cfg.stacks and train.stacks:
             stack_cfg = ProbeConfig(**{**cfg.phone_probe.__dict__, "epochs": cfg.stack_probe_epochs})
             probes["phone_by_stack"] = {

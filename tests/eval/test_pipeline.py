@@ -64,7 +64,8 @@ def evaluated(tiny_dataset, tmp_path_factory):
     torch.set_num_threads(1)
     result = CliRunner().invoke(main, [
         "evaluate", str(exp), "--baselines", f"fbank,mfcc,random_init,mean_spectrum,hf:{hf}",
-        "--probe-epochs", "2", "--token-probe-epochs", "1", "--kmeans-k", "8", "--abx-max-cells", "50",
+        "--probe-epochs", "2", "--probe-seeds", "2", "--token-probe-epochs", "1", "--kmeans-k", "8",
+        "--abx-max-cells", "50",
         "--test-cuts", str(tiny_dataset.cuts("test"))], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return exp, root
@@ -78,7 +79,10 @@ def test_metrics_json_has_every_section(evaluated) -> None:
     assert m["checkpoint_step"] == 6
     rec = m["reconstruction"]
     assert rec["lsd_db"] > 0 and rec["mcd_db"] > 0 and "utterance_mean" in rec["reference"]
-    assert 0 <= m["probes"]["phone"]["per"] and 0 <= m["probes"]["token"]["cer"]
+    phone = m["probes"]["phone"]
+    assert phone["seeds"] == 2 and phone["per_std"] >= 0
+    assert phone["per"] == pytest.approx(np.mean(phone["per_by_seed"]))
+    assert 0 <= m["probes"]["token"]["cer"]
     assert 0 <= m["probes"]["speaker"]["accuracy"] <= 1
     assert 0 <= m["abx"]["within_error_pct"] <= 100
     assert 0 <= m["pnmi"]["pnmi"] <= 1
