@@ -114,12 +114,6 @@ prefix=$name
 done_dir=data
 exp=exp/\${exp_name:-\${arm}_\${model_size}}
 splits() { cat data/manifests/\${prefix}_splits.txt; }
-require_command() {
-  if ! speechae "\$1" --help >/dev/null 2>&1; then
-    log "Stage \$2 requires 'speechae \$1', which this installation does not provide yet."
-    exit 2
-  fi
-}
 
 if stage_selected 0; then
   run_stage 0 prepare local/prepare.sh "\$corpus_dir" data/local
@@ -140,13 +134,11 @@ if stage_selected 3; then
     --kmeans-max-cuts "\$kmeans_max_cuts"
 fi
 if stage_selected 4; then
-  require_command train 4
   # shellcheck disable=SC2086
   run_stage 4 "train.\${exp#exp/}" speechae train conf/\$arm.yaml model.preset="\$model_size" \\
     losses.masked_units.num_classes="\$num_clusters" \$train_args --exp-dir "\$exp" --world-size "\$num_gpus"
 fi
 if stage_selected 5; then
-  require_command evaluate 5
   for split in \$(splits | tr , ' '); do
     case \$split in test*) ;; *) continue ;; esac
     # shellcheck disable=SC2086

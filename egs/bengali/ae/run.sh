@@ -47,12 +47,6 @@ prefix=bengali
 done_dir=data
 exp=exp/${exp_name:-${arm}_${model_size}}
 
-require_command() {
-  if ! speechae "$1" --help >/dev/null 2>&1; then
-    log "Stage $2 requires 'speechae $1', which this installation does not provide yet."
-    exit 2
-  fi
-}
 splits() { cat data/manifests/${prefix}_splits.txt; }
 
 if stage_selected 0; then
@@ -74,7 +68,6 @@ if stage_selected 3; then
     --kmeans-max-cuts "$kmeans_max_cuts"
 fi
 if stage_selected 4; then
-  require_command train 4
   # shellcheck disable=SC2086
   overrides=(model.preset="$model_size" losses.masked_units.num_classes="$num_clusters" $train_args)
   if [ "$num_nodes" -gt 1 ]; then
@@ -87,7 +80,6 @@ if stage_selected 4; then
   fi
 fi
 if stage_selected 5; then
-  require_command evaluate 5
   for split in $(splits | tr , ' '); do
     case $split in test*) ;; *) continue ;; esac
     # shellcheck disable=SC2086

@@ -43,13 +43,6 @@ prefix=librispeech
 done_dir=data
 exp=exp/${exp_name:-${arm}_${model_size}}
 
-require_command() {
-  # Stages 4-5 call commands that arrive with the trainer/evaluation issues.
-  if ! speechae "$1" --help >/dev/null 2>&1; then
-    log "Stage $2 requires 'speechae $1', which this installation does not provide yet."
-    exit 2
-  fi
-}
 splits() { cat data/manifests/${prefix}_splits.txt; }
 
 if stage_selected 0; then
@@ -70,7 +63,6 @@ if stage_selected 3; then
     --kmeans-max-cuts "$kmeans_max_cuts"
 fi
 if stage_selected 4; then
-  require_command train 4
   # shellcheck disable=SC2086  # train_args is a list of key=value words
   overrides=(model.preset="$model_size" losses.masked_units.num_classes="$num_clusters" $train_args)
   if [ "$num_nodes" -gt 1 ]; then
@@ -83,7 +75,6 @@ if stage_selected 4; then
   fi
 fi
 if stage_selected 5; then
-  require_command evaluate 5
   # CTC token probe (and the other probes) on every test split prepared in stage 1.
   for split in $(splits | tr , ' '); do
     case $split in test*) ;; *) continue ;; esac
