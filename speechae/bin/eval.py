@@ -16,7 +16,9 @@ import click
 @click.option("--baselines", default="fbank,mfcc,random_init,mean_spectrum", show_default=True,
               help="comma-separated: fbank, mfcc, random_init, mean_spectrum, hf:<local dir>[@layer]; '' for none")
 @click.option("--out-dir", default=None, help="output directory [default: EXP_DIR/eval]")
-@click.option("--raw-weights", is_flag=True, help="use the checkpoint's raw weights, not the running average")
+@click.option("--weights", type=click.Choice(["window", "running", "raw"]), default="window", show_default=True,
+              help="window: average over the kept checkpoints' span (icefall --use-averaged-model); "
+                   "running: newest running average since step 0; raw: newest weights")
 @click.option("--phone-probe", type=click.Choice(["linear", "bilstm"]), default="linear", show_default=True)
 @click.option("--token-probe", type=click.Choice(["linear", "bilstm"]), default="bilstm", show_default=True)
 @click.option("--probe-epochs", type=int, default=10, show_default=True, help="phone-probe epochs")
@@ -32,7 +34,7 @@ import click
 @click.option("--num-threads", type=int, default=0, help="torch threads (0: leave the default)")
 @click.option("--seed", type=int, default=0, show_default=True)
 def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cuts: str | None, lang_dir: str | None,
-             baselines: str, out_dir: str | None, raw_weights: bool, phone_probe: str, token_probe: str,
+             baselines: str, out_dir: str | None, weights: str, phone_probe: str, token_probe: str,
              probe_epochs: int, probe_seeds: int, token_probe_epochs: int, kmeans_k: int, abx_max_cells: int,
              max_train_utts: int | None, max_test_utts: int | None, stacks: bool, num_threads: int,
              seed: int) -> None:
@@ -54,7 +56,7 @@ def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cu
     cfg.token_probe = replace(cfg.token_probe, kind=token_probe, epochs=token_probe_epochs, seed=seed)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     metrics = evaluate_experiment(exp_dir, test_cuts, train_cuts, dev_cuts, lang_dir, names, cfg, out_dir,
-                                  averaged=not raw_weights)
+                                  weights=weights)
     out = Path(out_dir or Path(exp_dir) / "eval")
     click.echo(f"wrote {out}/metrics.json and {out}/report.md in {metrics['eval_seconds']:.0f}s")
 

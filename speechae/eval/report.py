@@ -54,8 +54,9 @@ TABLES: list[tuple[str, str, list[tuple[str, str, Fmt]]]] = [
         ("dim", "dim", _int), ("frame rate Hz", "frame_rate_hz", _f(2)),
         ("effective rank", "effective_rank", _f(2)), ("active units", "active_units", _int),
         ("top eig share", "top_eigenvalue_share", _f(3)), ("Epps-Pulley", "ep", _f(2)),
-        ("EP standardised", "ep_standardized", _f(2)), ("EP floor", "ep_floor", _f(3)),
-        ("KL nats/frame", "kl_total_nats", _f(2)), ("KL active dims", "kl_active_dims", _int)]),
+        ("EP standardised", "ep_standardized", _f(2)), ("EP floor", "ep_floor", _f(3))]),
+    ("Gaussian posterior (KL to N(0, I))", "geometry", [
+        ("KL nats/frame", "kl_total_nats", _f(2)), ("dims with KL > 0.01", "kl_active_dims", _int)]),
     ("Resources", "resources", [
         ("params", "params", _big), ("encoder GFLOPs / audio s", "encoder_gflops_per_audio_s", _f(3)),
         ("total GFLOPs / audio s", "gflops_per_audio_s", _f(3))]),
@@ -120,7 +121,7 @@ def build_report(metrics: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     systems = systems_of(metrics)
     name = str(metrics.get("system", "model"))
     out = [f"# Evaluation of `{metrics.get('experiment', name)}`", ""]
-    info = {k: metrics[k] for k in ("checkpoint_step", "averaged", "test_cuts", "train_cuts", "num_test_utts",
+    info = {k: metrics[k] for k in ("checkpoint_step", "weights", "test_cuts", "train_cuts", "num_test_utts",
                                     "num_train_utts", "num_dev_utts", "eval_seconds") if k in metrics}
     if (t := _kv_table(info)) is not None:
         out += [t, ""]

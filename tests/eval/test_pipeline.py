@@ -32,8 +32,11 @@ def _make_experiment(root: Path, ds, seed: int = 7, fraction: float = 1.0) -> Pa
     (exp / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     torch.manual_seed(seed)
     model = build_model(cfg["model"])
-    save_checkpoint(checkpoint_path(exp / "checkpoints", 6), {"config": cfg, "step": 6, "model": model.state_dict(),
-                                                             "model_avg": None})
+    for step in (3, 6):  # two checkpoints with running averages: the "window" average applies
+        state = {k: v + 1e-3 * step if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        save_checkpoint(checkpoint_path(exp / "checkpoints", step),
+                        {"config": cfg, "step": step, "model": model.state_dict(), "model_avg": state,
+                         "avg_step": step})
     recs = [{"step": s, "loss/total": 5.0 / s + (20.0 if s == 30 else 0.0), "train/audio_s_per_s": 50.0,
              "train/steps_per_s": 2.0, "train/peak_memory_mb": 300.0 + s, "train/nonfinite_steps": 0.0}
             for s in range(1, 41)]
@@ -76,7 +79,7 @@ def test_metrics_json_has_every_section(evaluated) -> None:
     m = json.loads((exp / "eval" / "metrics.json").read_text(encoding="utf-8"))
     for s in SECTIONS:
         assert m.get(s), f"section {s} missing or empty"
-    assert m["checkpoint_step"] == 6
+    assert m["checkpoint_step"] == 6 and m["weights"] == "window (3, 6]"
     rec = m["reconstruction"]
     assert rec["lsd_db"] > 0 and rec["mcd_db"] > 0 and "utterance_mean" in rec["reference"]
     phone = m["probes"]["phone"]
@@ -145,6 +148,20 @@ def test_compare_pools_seeds_and_plots_data_efficiency(evaluated, tmp_path) -> N
     assert float(pooled["phone PER % std"]) == pytest.approx(np.std([base, base + 10.0], ddof=1))
     for png in ("compare.png", "data_efficiency.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_window_average_weights(evaluated) -> None:
+    from speechae.eval.pipeline import load_experiment_model
+
+    exp, _ = evaluated
+    # running averages A_3 = w + 3e-3, A_6 = w + 6e-3 -> mean over (3, 6] = (6 A_6 - 3 A_3) / 3 = w + 9e-3
+    window, _, info = load_experiment_model(exp, "window")
+    raw, _, _ = load_experiment_model(exp, "raw")
+    running, _, info_r = load_experiment_model(exp, "running")
+    name, w = next((k, v) for k, v in raw.state_dict().items() if v.is_floating_point())
+    assert torch.allclose(window.state_dict()[name], w + 9e-3, atol=1e-5)
+    assert torch.allclose(running.state_dict()[name], w + 6e-3, atol=1e-5)
+    assert info["weights"] == "window (3, 6]" and info_r["weights"].startswith("running")
 
 
 def test_hf_loader_on_tiny_saved_model(tiny_dataset, tmp_path) -> None:
