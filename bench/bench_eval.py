@@ -39,9 +39,9 @@ def main() -> None:
     data = load_eval_data(cuts["train"], cuts["test"], cuts["dev"], d / "lang", cfg)
     load_s = time.perf_counter() - t0
     if args.exp:
-        from speechae.train.checkpoint import load_model_from_checkpoint
+        from speechae.eval.pipeline import load_experiment_model
 
-        model, config = load_model_from_checkpoint(args.exp)
+        model, config, _ = load_experiment_model(args.exp)
         name = Path(args.exp).name
     else:
         from speechae.models import build_model
