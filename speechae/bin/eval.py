@@ -21,7 +21,8 @@ import click
                    "running: newest running average since step 0; raw: newest weights")
 @click.option("--phone-probe", type=click.Choice(["linear", "bilstm"]), default="linear", show_default=True)
 @click.option("--token-probe", type=click.Choice(["linear", "bilstm"]), default="bilstm", show_default=True)
-@click.option("--probe-epochs", type=int, default=10, show_default=True, help="phone-probe epochs")
+@click.option("--probe-epochs", type=int, default=40, show_default=True,
+              help="phone-probe epochs (a linear CTC probe is cheap; 10 epochs leave it underfit)")
 @click.option("--probe-seeds", type=int, default=1, show_default=True,
               help="train the phone probe with this many seeds and report mean (± std)")
 @click.option("--token-probe-epochs", type=int, default=10, show_default=True)

@@ -47,7 +47,7 @@ if stage_selected 3; then
 fi
 if stage_selected 4; then
   # Arms that differ only in the regularizer (conf/<arm>.yaml -> exp/tiny_<arm>).  With
-  # parallel_arms=true they train side by side, one thread each (2 cores: ~5 min in all).
+  # parallel_arms=true they train side by side, one thread each (2 cores: ~8 min in all).
   # Re-running resumes an interrupted arm; exp/tiny_<arm>/.stage4.train.done marks a finished one.
   pids=()
   for arm in $arms; do
