@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "compute-fbank": "speechae.bin.data:compute_fbank",
     "prepare-targets": "speechae.bin.data:prepare_targets",
     "inspect-data": "speechae.bin.data:inspect_data",
+    "export-shar": "speechae.bin.data:export_shar",
     "model-summary": "speechae.bin.model:model_summary",
     "evaluate": "speechae.bin.eval:evaluate",
     "compare": "speechae.bin.eval:compare",

@@ -127,3 +127,17 @@ def inspect_data(cuts: str, lang_dir: str | None, max_duration: float, num_batch
     info.update({"batches": n, "batches_per_s": round(n / dt, 2), "audio_s_per_s": round(audio / dt, 1),
                  "batch_keys": sorted(batch.keys()) if n else []})
     click.echo(json.dumps(info, ensure_ascii=False))
+
+
+@click.command("export-shar")
+@click.argument("cuts", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path())
+@click.option("--shard-size", default=1000, show_default=True, help="cuts per shard")
+def export_shar(cuts: str, out_dir: str, shard_size: int) -> None:
+    """Pack cuts + features + units into Lhotse Shar tar shards (train with data.train_cuts=OUT_DIR)."""
+    from speechae.data.datamodule import load_cuts
+    from speechae.data.shar import export_shar as run
+
+    setup_logging()
+    names = run(load_cuts(cuts), out_dir, shard_size=shard_size)
+    click.echo(json.dumps({"out_dir": out_dir, "files": names}))

@@ -156,8 +156,12 @@ class AEDataset(torch.utils.data.Dataset):
 
 
 def load_cuts(path: str | Path) -> CutSet:
-    """Load a cut manifest with a clear error when it is missing."""
+    """Load a cut manifest, or a Lhotse Shar directory (lazily), with a clear error when missing."""
+    from speechae.data.shar import is_shar_dir, load_shar
+
     path = Path(path)
+    if is_shar_dir(path):
+        return load_shar(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: cut manifest missing (run the recipe's data stages 0-3)")
     return load_manifest(path)
@@ -169,10 +173,12 @@ def subset_fraction(cuts: CutSet, fraction: float, seed: int = 0) -> CutSet:
         raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
         return cuts
-    ids = sorted(cuts.ids)
+    ids = sorted(cuts.ids)  # Shar: reads only the cut manifests, the filter below stays lazy
+    lazy = cuts.is_lazy
     rng = np.random.default_rng(seed)
     keep = set(rng.choice(ids, max(1, round(fraction * len(ids))), replace=False).tolist())
-    return cuts.filter(lambda c: c.id in keep).to_eager()
+    kept = cuts.filter(lambda c: c.id in keep)
+    return kept if lazy else kept.to_eager()
 
 
 def make_sampler(cuts: CutSet, max_duration: float, shuffle: bool, world_size: int = 1, rank: int = 0,
