@@ -39,20 +39,24 @@ class ConstantWeight:
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearWarmup:
-    """``start`` for ``delay`` steps, then linear to ``end`` over ``steps`` steps."""
+class _Ramp:
+    """``start`` for ``delay`` steps, then a ramp to ``end`` over ``steps`` steps; subclasses
+    give the ramp's shape as a map of progress in [0, 1] to [0, 1]."""
 
     start: float = 0.0
     end: float = 1.0
     steps: int = 1000
     delay: int = 0
 
+    def _shape(self, frac: float) -> float:
+        raise NotImplementedError
+
     def __call__(self, step: int) -> float:
         """Weight at global ``step``."""
         if step <= self.delay:
             return float(self.start)
         frac = min(1.0, (step - self.delay) / max(1, self.steps))
-        return float(self.start + (self.end - self.start) * frac)
+        return float(self.start + (self.end - self.start) * self._shape(frac))
 
     def always_zero(self) -> bool:
         """True when the term can never receive gradient (log-only)."""
@@ -60,24 +64,19 @@ class LinearWarmup:
 
 
 @dataclasses.dataclass(frozen=True)
-class CosineRamp:
+class LinearWarmup(_Ramp):
+    """``start`` for ``delay`` steps, then linear to ``end`` over ``steps`` steps."""
+
+    def _shape(self, frac: float) -> float:
+        return frac
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineRamp(_Ramp):
     """``start`` for ``delay`` steps, then a half-cosine ramp to ``end`` over ``steps`` steps."""
 
-    start: float = 0.0
-    end: float = 1.0
-    steps: int = 1000
-    delay: int = 0
-
-    def __call__(self, step: int) -> float:
-        """Weight at global ``step``."""
-        if step <= self.delay:
-            return float(self.start)
-        frac = min(1.0, (step - self.delay) / max(1, self.steps))
-        return float(self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac)))
-
-    def always_zero(self) -> bool:
-        """True when the term can never receive gradient (log-only)."""
-        return self.start == 0.0 and self.end == 0.0
+    def _shape(self, frac: float) -> float:
+        return 0.5 * (1.0 - math.cos(math.pi * frac))
 
 
 Schedule = Union[ConstantWeight, LinearWarmup, CosineRamp]

@@ -18,7 +18,7 @@ import logging
 import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.utils import fastcopy
@@ -33,6 +33,21 @@ Pairs = dict[str, list[Pair]]
 def fail(message: str) -> None:
     """A check that always fails (for use with :meth:`Checker.ok`)."""
     raise BadInputError(message)
+
+
+def tsv_rows(tsv: Path, checker: Checker, comments: bool = False) -> Iterator[tuple[str, str, list[str]]]:
+    """``(where, line, fields)`` for each non-empty line of a UTF-8 TSV (``where`` = ``file:line``);
+    a line that is not UTF-8 goes to ``checker`` (error or skip list); ``comments`` skips ``#`` lines."""
+    with open(tsv, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            where = f"{tsv}:{i}"
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                checker.ok(where, fail, f"{where}: not valid UTF-8 ({e.reason})")
+                continue
+            if line.strip() and not (comments and line.startswith("#")):
+                yield where, line, line.split("\t")
 
 
 def audio_path(rec: Recording) -> str:

@@ -19,7 +19,7 @@ from typing import Callable
 from lhotse import Recording, SupervisionSegment
 
 from speechae.data.validate import Checker, OnError
-from speechae.recipes.common import Pairs, fail, finish_manifests, speaker_split
+from speechae.recipes.common import Pairs, fail, finish_manifests, speaker_split, tsv_rows
 
 NORMALIZERS = ("none", "bengali", "lower")
 
@@ -44,26 +44,16 @@ def read_tsv_corpus(tsv: str | Path, checker: Checker, language: str | None = No
     if not tsv.is_file():
         raise FileNotFoundError(f"{tsv}: missing; stage 0 (local/prepare.sh) must write it")
     rows = []
-    with open(tsv, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            where = f"{tsv}:{i}"
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                checker.ok(where, fail, f"{where}: not valid UTF-8 ({e.reason})")
-                continue
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split("\t")
-            if len(fields) not in (4, 5) or not all(x.strip() for x in fields[:3]):
-                checker.ok(where, fail, f"{where}: malformed line, expected 'utt<TAB>speaker<TAB>audio<TAB>text[<TAB>split]'")
-                continue
-            utt, spk, audio = (x.strip() for x in fields[:3])
-            path = Path(audio) if Path(audio).is_absolute() else tsv.parent / audio
-            if not path.is_file():
-                checker.ok(utt, fail, f"{path}: audio file is missing (listed at {where})")
-                continue
-            rows.append((utt, spk, path, fields[3], fields[4].strip() if len(fields) == 5 else None))
+    for where, _line, fields in tsv_rows(tsv, checker, comments=True):
+        if len(fields) not in (4, 5) or not all(x.strip() for x in fields[:3]):
+            checker.ok(where, fail, f"{where}: malformed line, expected 'utt<TAB>speaker<TAB>audio<TAB>text[<TAB>split]'")
+            continue
+        utt, spk, audio = (x.strip() for x in fields[:3])
+        path = Path(audio) if Path(audio).is_absolute() else tsv.parent / audio
+        if not path.is_file():
+            checker.ok(utt, fail, f"{path}: audio file is missing (listed at {where})")
+            continue
+        rows.append((utt, spk, path, fields[3], fields[4].strip() if len(fields) == 5 else None))
     if not rows:
         raise ValueError(f"{tsv}: no usable lines")
     split_of = speaker_split([r[1] for r in rows if r[4] is None], dev_fraction, test_fraction) \

@@ -89,7 +89,7 @@ def read_openslr53(corpus_dir: str | Path, checker: Checker, dev_fraction: float
     """
     from lhotse import Recording, SupervisionSegment
 
-    from speechae.recipes.common import fail, speaker_split
+    from speechae.recipes.common import fail, speaker_split, tsv_rows
 
     corpus_dir = Path(corpus_dir)
     if (corpus_dir / TOP).is_dir():
@@ -99,29 +99,19 @@ def read_openslr53(corpus_dir: str | Path, checker: Checker, dev_fraction: float
         raise FileNotFoundError(f"{tsv}: missing; run stage 0 (download) first")
     present = {d.name for d in (corpus_dir / "data").iterdir() if d.is_dir()} if (corpus_dir / "data").is_dir() else set()
     rows, absent = [], 0
-    with open(tsv, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            where = f"{tsv}:{i}"
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                checker.ok(where, fail, f"{where}: not valid UTF-8 ({e.reason})")
-                continue
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != 3 or not fields[0].strip() or not fields[1].strip():
-                checker.ok(where, fail, f"{where}: malformed line, expected 'utt_id<TAB>speaker<TAB>text': {line!r}")
-                continue
-            utt, spk, text = (x.strip() for x in fields)
-            if utt[:2] not in present and not require_all:
-                absent += 1
-                continue
-            flac = corpus_dir / "data" / utt[:2] / f"{utt}.flac"
-            if not flac.is_file():
-                checker.ok(utt, fail, f"{flac}: audio file is missing (listed at {where})")
-                continue
-            rows.append((utt, spk, text, flac))
+    for where, line, fields in tsv_rows(tsv, checker):
+        if len(fields) != 3 or not fields[0].strip() or not fields[1].strip():
+            checker.ok(where, fail, f"{where}: malformed line, expected 'utt_id<TAB>speaker<TAB>text': {line!r}")
+            continue
+        utt, spk, text = (x.strip() for x in fields)
+        if utt[:2] not in present and not require_all:
+            absent += 1
+            continue
+        flac = corpus_dir / "data" / utt[:2] / f"{utt}.flac"
+        if not flac.is_file():
+            checker.ok(utt, fail, f"{flac}: audio file is missing (listed at {where})")
+            continue
+        rows.append((utt, spk, text, flac))
     if absent:
         logging.info("OpenSLR 53: %d listed utterance(s) are in zips not downloaded; ignored", absent)
     split_of = speaker_split([r[1] for r in rows], dev_fraction, test_fraction)
