@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +31,13 @@ def recipe_env() -> dict[str, str]:
     env["PYTHONPATH"] = f"{REPO}:{env.get('PYTHONPATH', '')}"
     env["LC_ALL"] = env["LANG"] = "C.UTF-8"
     return env
+
+
+@pytest.fixture()
+def single_thread():
+    """One intra-op thread for the duration of a test: the tensors in unit tests are small, and
+    on a shared 2-core machine OpenMP barriers made them up to 10-100x slower.  Restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,10 +16,5 @@ def tiny_model() -> SpeechAE:
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Run model tests on one intra-op thread: on a shared 2-core machine OpenMP barriers make
-    the many small ops of short test inputs up to 100x slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_thread):
+    """Every model test uses the root conftest's ``single_thread``."""
