@@ -13,7 +13,9 @@ One training step is ``total, metrics = composer(model, batch, step)``:
    is doubled (the view the decoder and downstream probes see); mask-based semantic
    objectives use the masked view; distill / ctc use the clean view.  Without doubling there
    is one view, possibly masked (then the reconstruction target is the unmasked input,
-   i.e. inpainting, as in masked-autoencoder training).  With the Prism split the semantic
+   i.e. inpainting, as in masked-autoencoder training).  The reconstruction target is always
+   the clean features: ``batch["target_features"]`` when the data pipeline augmented the
+   input (SpecAugment), else ``batch["features"]``.  With the Prism split the semantic
    heads see the low-band (DCT) view of z, both for inputs and latent-prediction targets.
 
 A term with weight 0 at this step is computed under ``torch.no_grad`` and only logged.  Every
@@ -154,7 +156,11 @@ class LossComposer(nn.Module):
             metrics[f"loss/{name}"] = loss.detach()
             metrics.update(extra)
 
-        apply("recon", lambda: self.recon(clean.recon, feats, lens))
+        # The target is the clean input: with SpecAugment on, ``features`` is the augmented
+        # view and ``target_features`` the unaugmented one (docs/CONTRACTS.md).
+        target = batch.get("target_features")
+        target = feats if target is None else target.to(feats.device)
+        apply("recon", lambda: self.recon(clean.recon, target, lens))
         self._apply_regularizers(apply, clean, step, metrics)
         self._apply_semantic(apply, w, batch, out, masked, clean, input_mask, double)
 

@@ -66,6 +66,28 @@ def test_recon_of_identity_is_zero_and_padding_invariant():
             assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
 
 
+def test_recon_target_is_the_clean_input_under_spec_augment():
+    """A model that returns the clean input scores 0, whatever the augmentation did to
+    ``features`` (issue 10: the augmented view was the target, 0.88 instead of 0)."""
+    batch = random_batch()
+    clean = batch["features"].clone()
+    augmented = clean.clone()
+    augmented[:, 5:15] = 0.0  # a time mask, as SpecAugment would apply
+    augmented[:, :, 2:6] = 0.0  # and a frequency mask
+    batch = dict(batch, features=augmented, target_features=clean)
+
+    class ReturnsClean(torch.nn.Module):
+        def forward(self, features, feature_lens, input_mask=None):
+            z = features[:, ::4]
+            return StandInOutput(clean, feature_lens, z, None, None, (feature_lens + 3) // 4, z, 4)
+
+    _, m = _composer(regularizer="none")(ReturnsClean(), batch, 0)
+    assert m["loss/recon"] == 0.0
+    # without target_features the input itself is the target (no augmentation in the pipeline)
+    _, m = _composer(regularizer="none")(ReturnsClean(), dict(batch, features=clean, target_features=None), 0)
+    assert m["loss/recon"] == 0.0
+
+
 def test_latent_prediction_doubles_the_batch_in_one_call():
     model = StandInAE().eval()
     comp = _composer(regularizer="sigreg", semantic=["latent_prediction"])
