@@ -64,7 +64,8 @@ class SIGRegConfig:
     num_directions: int = 256
     num_knots: int = 17
     t_max: float = 3.0
-    num_frames: Optional[int] = 1024  # per rank; None/0 = all frames (the statistic grows with N)
+    num_frames: Optional[int] = 1024  # global frame budget B (all ranks); value = B x distance.
+    # None/0 = all frames scaled by their count (grows with batch and world size: not for training)
     seed: int = 0
 
 

@@ -173,7 +173,9 @@ class LossComposer(nn.Module):
         if "sigreg" in self.regularizers:
             reg = self.regularizers["sigreg"]
             apply("sigreg", lambda: (reg(clean.z, clean.z_lengths, step=step), {}))
-            metrics["sigreg/floor"] = reg.floor
+            # expected value for Gaussian latents at this step's frame count (budget-normalised)
+            metrics["sigreg/floor"] = reg.expected_floor()
+            metrics["sigreg/frames"] = reg.last_num_frames
         if "kl" in self.regularizers:
             if clean.z_mean is None or clean.z_logvar is None:
                 raise ValueError("the 'kl' loss needs a gaussian bottleneck (z_mean / z_logvar are None)")

@@ -16,13 +16,30 @@ reference grid (the continuous integral is 2 * (sqrt(pi/2) erf(3/sqrt 2)
 - sqrt(pi/6) erf(3 sqrt(3/2))) = 1.0527).  :attr:`SIGReg.floor` gives the exact value for the
 configured grid; a trained latent cannot go much below it, so plots should show it.
 
+Normalisation: lambda means the same at any scale.  The reference multiplies the squared
+characteristic-function distance by the number of frames N it was estimated on, so a fixed
+lambda is a different strength for every batch size and world size (twice the frames, or two
+DDP ranks, double both the value and the gradient).  Here ``num_frames`` is a *global frame
+budget* B (over all ranks): every rank keeps at most ``B // world_size`` of its valid frames,
+the squared distance is estimated on the frames kept (all ranks together), and it is
+multiplied by the constant B, not by the count:
+
+    SIGReg = B * sum_k w_k [(mean cos - phi)^2 + mean sin^2]  (mean over directions).
+
+The estimate of the distance does not depend on how many frames it came from (only its noise
+does), so value and gradient are those of "B frames of this distribution" whatever the batch,
+the world size or the number of frames a batch happens to hold.  Its expectation for truly
+Gaussian latents is ``floor * B / n`` when only n < B frames were available (exactly the floor
+~1.05 when the budget is filled); :meth:`SIGReg.expected_floor` gives it for the last call.
+With ``num_frames=None`` the classical N-scaled statistic is computed on all frames (the
+strength then grows with the batch: for measurement, not for training).
+
 Speech pitfalls handled here:
-* the statistic scales with N, so frames are subsampled to a fixed count per rank
-  (``num_frames``), by stratified sampling over the concatenated valid frames: the picks are
-  spread across utterances in proportion to their length and are ~N_valid/num_frames apart,
-  which also thins the strong correlation of adjacent frames;
-* directions are redrawn every step from a generator seeded by (seed, step), hence identical
-  on every DDP rank; the frame subsample is seeded by (seed, step, rank);
+* frames are subsampled to the budget by stratified sampling over the concatenated valid
+  frames: the picks are spread across utterances in proportion to their length and are
+  ~N_valid/budget apart, which also thins the strong correlation of adjacent frames;
+* directions are redrawn every step from a generator seeded by (seed, step), on the latent's
+  device, hence identical on every DDP rank; the frame subsample is seeded by (seed, step, rank);
 * computed in float32 with autocast disabled (cos/sin of large arguments in half precision
   are meaningless);
 * under torch.distributed the cos/sin sums and the frame count are all-reduced (the sums with
@@ -81,7 +98,9 @@ class SIGReg(nn.Module):
         num_directions: M random unit directions per step (reference 256..1024).
         num_knots: integration knots on [0, t_max] (reference 17).
         t_max: upper integration limit (reference 3).
-        num_frames: frames kept per rank after removing padding (None or 0: all frames).
+        num_frames: global frame budget B (all ranks together) after removing padding; the
+            statistic is B x the squared distance, see the module docstring (None or 0: all
+            frames, scaled by their count: the classical, batch-size-dependent form).
         seed: base seed of the direction / subsample generators.
         distributed: all-reduce over the default process group when it is initialised.
 
@@ -106,6 +125,16 @@ class SIGReg(nn.Module):
         self._calls = 0
         self.last_num_frames: torch.Tensor | int = 0
 
+    def expected_floor(self) -> torch.Tensor | float:
+        """Expected value for N(0, I) latents at the last call's frame count (a tensor, no host
+        sync): the floor when the budget was filled, ``floor * B / n`` for n < B frames."""
+        if not self.num_frames:
+            return self._floor
+        n = self.last_num_frames
+        if torch.is_tensor(n):
+            return self._floor * self.num_frames / n.clamp_min(1.0)
+        return self._floor * self.num_frames / max(float(n), 1.0)
+
     @property
     def floor(self) -> float:
         """Expected statistic for truly Gaussian latents on this grid (about 1.05 by default)."""
@@ -113,9 +142,10 @@ class SIGReg(nn.Module):
 
     def directions(self, dim: int, step: int, device: torch.device) -> torch.Tensor:
         """Unit directions (D, M) for ``step``; the same on every rank."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
-        a = torch.randn(dim, self.num_directions, generator=g)
-        return (a / a.norm(dim=0, keepdim=True)).to(device)
+        device = torch.device(device)
+        g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + int(step))
+        a = torch.randn(dim, self.num_directions, generator=g, device=device)
+        return a / a.norm(dim=0, keepdim=True)
 
     def _frames(self, z: torch.Tensor, lengths: Optional[torch.Tensor], step: int) -> torch.Tensor:
         if z.dim() == 3:
@@ -125,11 +155,19 @@ class SIGReg(nn.Module):
                 z = z[lengths_to_mask(lengths, z.shape[1])]
         elif z.dim() != 2:
             raise ValueError(f"SIGReg expects (B, T, D) or (N, D), got {tuple(z.shape)}")
-        if self.num_frames and z.shape[0] > self.num_frames:
+        keep = self.frames_per_rank()
+        if keep and z.shape[0] > keep:
             rank = dist.get_rank() if _dist_world() > 1 else 0
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + int(step)) * 1009 + rank + 1)
-            z = z[stratified_subsample(z.shape[0], self.num_frames, g).to(z.device)]
+            z = z[stratified_subsample(z.shape[0], keep, g).to(z.device)]
         return z
+
+    def frames_per_rank(self) -> Optional[int]:
+        """Frames one rank keeps: its share ``B // world_size`` of the global budget."""
+        if not self.num_frames:
+            return None
+        world = _dist_world() if self.distributed else 1
+        return max(1, self.num_frames // world)
 
     def per_direction(self, z: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                       step: Optional[int] = None) -> torch.Tensor:
@@ -153,7 +191,8 @@ class SIGReg(nn.Module):
             n = count.clamp_min(1.0)
             means = sums / n
             err = (means[0] - self.phi).pow(2) + means[1].pow(2)  # (M, K)
-            return n * (err @ self.weights) * (count > 0).float()
+            scale = float(self.num_frames) if self.num_frames else n  # constant B: see module doc
+            return scale * (err @ self.weights) * (count > 0).float()
 
     def forward(self, z: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 step: Optional[int] = None) -> torch.Tensor:
