@@ -26,6 +26,8 @@ alignments and ``phones.txt``; ``tokens`` a sentencepiece model; ``units`` stage
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,11 +183,23 @@ def subset_fraction(cuts: CutSet, fraction: float, seed: int = 0) -> CutSet:
     return kept if lazy else kept.to_eager()
 
 
+def bucket_count(cuts: CutSet, num_buckets: int) -> int:
+    """``num_buckets`` capped by the number of cuts; a lazy manifest is read only as far as
+    ``num_buckets`` cuts."""
+    if not cuts.is_lazy:
+        return max(1, min(int(num_buckets), len(cuts)))
+    return max(1, sum(1 for _ in itertools.islice(iter(cuts), int(num_buckets))))
+
+
 def make_sampler(cuts: CutSet, max_duration: float, shuffle: bool, world_size: int = 1, rank: int = 0,
                  num_buckets: int = 10, seed: int = 0, drop_last: bool = False) -> DynamicBucketingSampler:
-    """Duration-bucketed dynamic batches; each rank sees a disjoint share of every epoch."""
+    """Duration-bucketed dynamic batches; each rank sees a disjoint share of every epoch.
+
+    The bucket count is capped by the number of cuts (Lhotse refuses more buckets than cuts, so
+    a small corpus or a 2-utterance dev split would otherwise fail at the first batch)."""
     return DynamicBucketingSampler(
-        cuts, max_duration=max_duration, shuffle=shuffle, num_buckets=num_buckets, drop_last=drop_last,
+        cuts, max_duration=max_duration, shuffle=shuffle, num_buckets=bucket_count(cuts, num_buckets),
+        drop_last=drop_last,
         world_size=world_size, rank=rank, seed=seed,
     )
 
