@@ -10,6 +10,13 @@ Example (YAML, under the experiment config's ``loss:`` key)::
       kl: 0                      # not the regularizer, but computed and logged (no gradient)
       masked_units: 1.0
     sigreg: {num_directions: 256, num_frames: 1024}
+    regularizer_ramp: {type: linear_warmup, steps: 100}   # shape of every regularizer's weight
+
+``regularizer_ramp`` gives the regularizer weights one warm-up shape whatever the arm: a
+regularizer weight written as a plain number ``w`` becomes ``{type, start: 0, end: w, steps,
+delay}`` with the ramp's type/steps/delay (a weight given as a full schedule mapping is used
+as written).  Arms that differ only in the regularizer then also share its warm-up, and a
+weight sweep overrides a single number (``losses.weights.sigreg=0.02``).
 
 The active terms are ``recon``, the regularizer (unless ``none``), the semantic objectives and
 every key of ``weights``; a term named in ``weights`` only is therefore a log-only monitor when
@@ -20,7 +27,7 @@ in ``weights`` get :data:`DEFAULT_WEIGHTS`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
@@ -83,7 +90,9 @@ class MaskingConfig:
     """Span masking (fairseq reading of mask_prob unless ``realised``; see losses.masking)."""
 
     mask_prob: float = 0.65
-    span: int = 10
+    # Input frames (100 Hz fbank): 20 frames = 200 ms, the span HuBERT (10 frames at 50 Hz)
+    # and k2SSL mask; a span in input frames would otherwise halve with the frame shift.
+    span: int = 20
     realised: bool = False
     min_spans: int = 1
     seed: int = 0
@@ -150,6 +159,7 @@ class LossConfig:
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     ctc: CTCConfig = dataclasses.field(default_factory=CTCConfig)
     prism: PrismConfig = dataclasses.field(default_factory=PrismConfig)
+    regularizer_ramp: Optional[dict[str, Any]] = None
 
 
 def active_terms(cfg: LossConfig) -> list[str]:
@@ -163,6 +173,26 @@ def active_terms(cfg: LossConfig) -> list[str]:
     names = ["recon"] + ([cfg.regularizer] if cfg.regularizer != "none" else []) + list(cfg.semantic)
     names += [n for n in cfg.weights if n not in names]
     return names
+
+
+def _weight_spec(cfg: LossConfig, name: str) -> Any:
+    """The weight-table entry of ``name``, with the shared regularizer ramp applied to a plain
+    regularizer weight (see the module docstring)."""
+    spec = cfg.weights.get(name, DEFAULT_WEIGHTS[name])
+    ramp = cfg.regularizer_ramp
+    if ramp is None or name not in REGULARIZER_NAMES or isinstance(spec, Mapping):
+        return spec
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        raise ConfigError(f"loss.weights.{name}: expected a number or a schedule mapping, got {spec!r}")
+    if spec == 0:
+        return 0.0  # a log-only monitor stays at 0
+    ramp = dict(ramp)
+    unknown = sorted(set(ramp) - {"type", "steps", "delay"})
+    if unknown:
+        raise ConfigError(f"loss.regularizer_ramp: unknown key(s) {unknown}; allowed ['delay', 'steps', 'type']")
+    if ramp.get("type") == "constant":
+        return float(spec)
+    return {**ramp, "start": 0.0, "end": float(spec)}
 
 
 def _build_term(name: str, cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module]) -> nn.Module:
@@ -196,7 +226,7 @@ def build_losses(cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module] 
         teacher_factory: builds the teacher architecture when ``teacher_path`` is a state dict.
     """
     names = active_terms(cfg)
-    schedules = {n: build_schedule(cfg.weights.get(n, DEFAULT_WEIGHTS[n]), f"loss.weights.{n}") for n in names}
+    schedules = {n: build_schedule(_weight_spec(cfg, n), f"loss.weights.{n}") for n in names}
     if "distill" in names and teacher is None and cfg.distill.teacher_path:
         teacher = load_teacher(cfg.distill.teacher_path, teacher_factory)
     r = cfg.recon

@@ -241,6 +241,15 @@ class Distillation(nn.Module):
 _LENGTH_KEYS = {"tokens": "token_lens", "phone_seq": "phone_seq_lens"}
 
 
+def ctc_min_frames(targets: torch.Tensor, target_lens: torch.Tensor) -> torch.Tensor:
+    """Fewest input frames a CTC alignment of each label sequence needs: its length U plus one
+    blank between every pair of equal neighbours.  targets (B, U) padded, target_lens (B,)."""
+    u = targets.shape[1]
+    valid = torch.arange(u, device=targets.device).unsqueeze(0) < target_lens.unsqueeze(1)
+    repeats = (targets[:, 1:] == targets[:, :-1]) & valid[:, 1:]
+    return target_lens.long() + repeats.sum(1)
+
+
 class CTCObjective(nn.Module):
     """CTC on a label sequence through a linear head on z (blank = 0).
 
@@ -248,7 +257,10 @@ class CTCObjective(nn.Module):
     ``target_offset: 1`` if phone id 0 is a real phone.  The summed per-utterance CTC loss is
     divided by the number of valid latent frames (per-frame normalisation, as in icefall).
     torch's ``ctc_loss`` is used with ``zero_infinity=True`` (utterances whose label sequence
-    cannot fit in T_z frames contribute 0 instead of inf); k2's CTC would be an optional
+    cannot fit in T_z frames contribute 0 instead of inf); they are counted, never silently:
+    ``ctc/infeasible`` is the number of such utterances in the batch (a CTC alignment needs
+    U frames plus one blank between each pair of repeated labels).  Many of them mean the
+    latent frame rate is too low for the label inventory.  k2's CTC would be an optional
     accelerator and is not wired here.
 
     Args:
@@ -280,4 +292,5 @@ class CTCObjective(nn.Module):
                            blank=0, reduction="sum", zero_infinity=True)
         frames = inp.z_lengths.sum().clamp_min(1).float()
         tokens = target_lens.sum().clamp_min(1).float()
-        return total / frames, {"ctc/per_token": (total / tokens).detach()}
+        infeasible = (ctc_min_frames(targets, target_lens) > inp.z_lengths.long()).sum()
+        return total / frames, {"ctc/per_token": (total / tokens).detach(), "ctc/infeasible": infeasible}

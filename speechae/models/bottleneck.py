@@ -102,7 +102,7 @@ class DeterministicBottleneck(nn.Module):
     noise_tau: sigma = noise_tau * U(0, 1) per utterance, training only (0 disables).
     """
 
-    def __init__(self, input_dim: int, latent_dim: int, norm: str = "frame",
+    def __init__(self, input_dim: int, latent_dim: int, norm: str = "none",
                  noise_tau: float = 0.0) -> None:
         super().__init__()
         if norm not in ("none", "frame", "channel"):

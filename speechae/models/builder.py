@@ -40,14 +40,15 @@ class EncoderConfig:
 @dataclass
 class BottleneckConfig:
     """``kind``: gaussian | deterministic.  ``logvar_min/max``: gaussian clamp.  ``norm``
-    (deterministic): none | frame | channel.  ``noise_tau`` (deterministic): decoder-input noise
+    (deterministic only): none | frame | channel; default none, so that an arm comparison
+    changes the regularizer and nothing else (a gaussian bottleneck with a norm is an error).  ``noise_tau`` (deterministic): decoder-input noise
     sigma = tau * U(0,1) per utterance in training (RAE uses 0.8)."""
 
     kind: Literal["gaussian", "deterministic"] = "gaussian"
     latent_dim: int = 64
     logvar_min: float = -12.0
     logvar_max: float = 6.0
-    norm: Literal["none", "frame", "channel"] = "frame"
+    norm: Literal["none", "frame", "channel"] = "none"
     noise_tau: float = 0.0
 
 
@@ -144,6 +145,9 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> SpeechAE:
                                **enc_kwargs)
     bn = cfg.bottleneck
     bn_cls = resolve_choice("bottleneck", bn.kind, BOTTLENECKS)
+    if bn.kind == "gaussian" and bn.norm != "none":
+        raise ConfigError(f"model.bottleneck.norm={bn.norm!r} applies to the deterministic bottleneck only; "
+                          "a gaussian posterior is not normalised (set norm: none)")
     if bn.kind == "gaussian":
         bottleneck = bn_cls(encoder.output_dim, bn.latent_dim, logvar_min=bn.logvar_min,
                             logvar_max=bn.logvar_max)

@@ -133,3 +133,23 @@ def test_config_errors():
         from_dict(LossConfig, {"sigreg": {"directions": 3}})
     with pytest.raises(ValueError):
         _composer(regularizer="kl")(StandInAE(gaussian=False), random_batch(), 0)
+
+
+def test_regularizer_ramp_gives_every_arm_the_same_warmup_shape():
+    ramp = {"type": "linear_warmup", "steps": 100}
+    sig = _composer(regularizer="sigreg", weights={"sigreg": 0.05}, regularizer_ramp=ramp)
+    kl = _composer(regularizer="kl", weights={"kl": 1e-3, "sigreg": 0}, regularizer_ramp=ramp)
+    for step in (0, 25, 50, 100, 300):
+        frac = min(step / 100, 1.0)
+        assert abs(sig.weights(step)["sigreg"] - 0.05 * frac) < 1e-12
+        assert abs(kl.weights(step)["kl"] - 1e-3 * frac) < 1e-15
+        assert kl.weights(step)["sigreg"] == 0.0  # log-only monitor untouched
+        assert sig.weights(step)["recon"] == 1.0  # not a regularizer: no ramp
+    with pytest.raises(ConfigError):
+        _composer(regularizer="sigreg", regularizer_ramp={"type": "linear_warmup", "end": 3})
+
+
+def test_default_mask_span_is_200_ms():
+    from speechae.losses import LossConfig as LC
+
+    assert LC().masking.span * 10 == 200  # input frames at a 10 ms shift (HuBERT / k2SSL)

@@ -67,6 +67,21 @@ def test_ctc_phone_targets_with_offset():
     assert torch.isfinite(loss) and loss.item() > 0
 
 
+def test_ctc_counts_infeasible_utterances():
+    """Labels that cannot fit the latent frames are counted (they would be zeroed silently)."""
+    from speechae.losses.semantic import ctc_min_frames
+
+    toks = torch.tensor([[1, 1, 2, 2, 2], [1, 2, 3, 0, 0], [4, 4, 0, 0, 0]])
+    lens = torch.tensor([5, 3, 2])
+    # 5 labels + 3 repeats (1-1, 2-2, 2-2); 3 labels, no repeat (padding zeros not counted); 2 + 1
+    assert ctc_min_frames(toks, lens).tolist() == [8, 3, 3]
+    batch = {"tokens": toks, "token_lens": lens}
+    obj = CTCObjective(latent_dim=4, vocab_size=6)
+    z_lens = torch.tensor([7, 3, 3])  # first needs 8 frames: infeasible; others fit exactly
+    loss, m = obj(SemanticInputs(torch.randn(3, 7, 4), z_lens, batch, 4.0))
+    assert int(m["ctc/infeasible"]) == 1 and torch.isfinite(loss)
+
+
 def test_distill_precomputed_and_torchscript_teacher(tmp_path):
     torch.manual_seed(0)
     feats = torch.randn(2, 40, 16)

@@ -60,3 +60,16 @@ def test_deterministic_norms() -> None:
     torch.testing.assert_close(valid.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(valid.var(0, unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
     assert not torch.equal(bn.channel_norm.running_mean, torch.zeros(8))  # running stats moved
+
+
+def test_arms_share_the_bottleneck_normalisation() -> None:
+    """The default norm is none for both kinds; a gaussian posterior with a norm is refused
+    (issue 10: the KL arm silently kept norm=frame while the SIGReg arm set none)."""
+    import pytest
+
+    from speechae.config import ConfigError
+    from speechae.models.builder import BottleneckConfig, build_model
+
+    assert BottleneckConfig().norm == "none" and DeterministicBottleneck(4, 2).norm_kind == "none"
+    with pytest.raises(ConfigError, match="deterministic bottleneck only"):
+        build_model({"preset": "tiny", "bottleneck": {"kind": "gaussian", "norm": "frame"}})
