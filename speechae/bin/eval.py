@@ -64,11 +64,20 @@ def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cu
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("exp_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out-dir", required=True, help="where compare.md / .csv / .png go")
-def compare(exp_dirs: tuple[str, ...], out_dir: str) -> None:
-    """One table across evaluated EXP_DIRS (mean ± std over seeds; data-efficiency curves
-    when runs differ in data.train_fraction)."""
-    from speechae.eval.compare import compare_experiments
+@click.option("--out-dir", required=True, help="where compare.md / .json / .csv / .png go")
+@click.option("--reference", default=None,
+              help="arm the others are tested against (name or unique part of it) "
+                   "[default: the arm named like 'kl', else the first]")
+def compare(exp_dirs: tuple[str, ...], out_dir: str, reference: str | None) -> None:
+    """One report across evaluated EXP_DIRS: per arm (runs differing only in train.seed) mean ± std
+    and 95 % interval over seeds, differences against the reference arm with paired tests, a
+    reconstruction-vs-discrimination plot, and data-efficiency curves when runs differ in
+    data.train_fraction."""
+    from speechae.eval.compare import UnknownArmError, compare_experiments
 
-    summary = compare_experiments(exp_dirs, out_dir)
-    click.echo(f"compared {len(exp_dirs)} runs in {len(summary)} groups: {out_dir}/compare.md")
+    try:
+        result = compare_experiments(exp_dirs, out_dir, reference=reference)
+    except UnknownArmError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"compared {len(exp_dirs)} runs in {len(result['arms'])} arms (reference {result['reference']}): "
+               f"{out_dir}/compare.md")
