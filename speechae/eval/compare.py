@@ -416,7 +416,7 @@ def compare_to_reference(arms: Mapping[str, Sequence[Run]], reference: str) -> l
 
 def _digits(values: Sequence[float]) -> int:
     top = max((abs(v) for v in values), default=0.0)
-    return 0 if top >= 1000 else 1 if top >= 100 else 2 if top >= 1 else 3
+    return 0 if top >= 1000 else 1 if top >= 100 else 2 if top >= 1 or top == 0 else 3
 
 
 def fmt_summary(s: Summary, digits: int, arm_n: int | None = None) -> str:
@@ -430,6 +430,7 @@ def fmt_summary(s: Summary, digits: int, arm_n: int | None = None) -> str:
 
 def _fmt_range(values: Sequence[float], digits: int) -> str:
     lo, hi = min(values), max(values)
+    digits = max(digits, _digits([hi]))  # a floor of 1.05 beside EP values in the thousands
     if hi - lo <= 1e-9 * max(1.0, abs(hi)):
         return f"{lo:.{digits}f}"
     return f"{lo:.{digits}f}…{hi:.{digits}f}"
