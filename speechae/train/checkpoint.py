@@ -19,16 +19,26 @@ key                content
 ``sampler``        Lhotse sampler ``state_dict()`` (plain dicts), rank 0's
 ``rng``            python / numpy / torch (+ cuda) RNG states, all as tensors
 ``counters``       plain dict: nonfinite steps, audio seconds seen, ...
+``sha256``         checksum of everything above (see :func:`content_digest`)
 =================  ==========================================================================
 
-Writes go to a temporary sibling and are moved in place with :func:`os.replace`, so a crash
-never leaves a truncated checkpoint that a resume would trust.
+Writes go to a temporary sibling, are flushed to disk and moved in place with
+:func:`os.replace`, so a crash never leaves a truncated checkpoint under the final name.  The
+``sha256`` entry catches what that cannot: a file damaged later (a flipped bit, a truncated
+copy).  :func:`load_checkpoint` verifies it; :func:`find_resumable` skips a bad newest
+checkpoint for the previous good one and moves the bad file aside (``<name>.corrupt``).
+Checkpoints written before the checksum existed load unverified.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
+import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,10 +46,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechae.utils.io import atomic_path
+from speechae.utils.io import atomic_path, temp_file_pattern
+
+log = logging.getLogger("speechae.train")
 
 CHECKPOINT_VERSION = 1
+DIGEST_KEY = "sha256"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+_TMP_RE = temp_file_pattern(r"ckpt-\d+", ".pt")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is unreadable or fails its checksum; ``path`` names it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, permissions); names the path.
+    ``errno`` is the cause's (ENOSPC for a full disk) when known."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
 
 
 def checkpoint_path(ckpt_dir: str | Path, step: int) -> Path:
@@ -66,12 +99,111 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+# ----------------------------------------------------------------------------- integrity
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Hash ``obj`` (tensors, mappings, sequences, scalars) with its types and structure."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().data)
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, (set, frozenset)):  # iteration order varies with PYTHONHASHSEED
+        h.update(f"E{sorted(repr(v) for v in obj)!r}".encode())
+    else:  # None, bool, int, float, str, bytes: repr is exact and type-specific
+        h.update(f"S{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 over every entry of ``state`` except ``sha256`` itself: keys, structure, dtypes,
+    shapes and tensor bytes.  Hashing the loaded content (not the file) keeps the checksum
+    inside the one file and independent of torch's zip layout."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != DIGEST_KEY})
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_failure(path: Path, error: BaseException, needed: int) -> CheckpointWriteError:
+    """A message naming ``path`` and the cause.  torch's zip writer reports a full disk as
+    ``unexpected pos 20875200 vs 20875088`` without an errno, so free space is compared with
+    the checkpoint's size as well."""
+    code = getattr(error, "errno", None)
+    try:
+        free: int | None = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    sizes = f" (the checkpoint needs about {needed / 2**20:.0f} MiB" + \
+        (f", {free / 2**20:.0f} MiB are free there)" if free is not None else ")")
+    if code is None and ("No space left" in str(error) or (free is not None and free < 1.1 * needed)):
+        code = errno.ENOSPC
+    if code in _DISK_FULL:
+        reason = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+        return CheckpointWriteError(f"{path}: could not write the checkpoint: {reason}{sizes}", code)
+    text = str(error).strip()
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else \
+        (text.splitlines()[0] if text else type(error).__name__)
+    return CheckpointWriteError(f"{path}: could not write the checkpoint: {detail}", code)
+
+
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` atomically (temp file + os.replace)."""
+    """Write ``state`` plus its ``sha256`` atomically (temp file, fsync, os.replace).
+
+    Raises :class:`CheckpointWriteError` naming ``path`` (and saying "no space left on device"
+    when that is the cause); the temporary file is removed and an older checkpoint of that name
+    is left as it was.
+    """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
+    state = {k: v for k, v in state.items() if k != DIGEST_KEY}
+    state[DIGEST_KEY] = content_digest(state)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+            _fsync(tmp)
+    except (OSError, RuntimeError) as e:
+        raise _write_failure(path, e, _tensor_bytes(state)) from e
     return path
+
+
+def remove_stale_temp_files(ckpt_dir: str | Path) -> list[Path]:
+    """Delete temporary checkpoint files left by killed writers (``.ckpt-<step>.tmp*.pt``).
+
+    Call only while holding the experiment lock: a live writer's file matches too."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    removed = []
+    for p in ckpt_dir.iterdir():
+        if _TMP_RE.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def prune_checkpoints(ckpt_dir: str | Path, keep_last_k: int) -> list[Path]:
@@ -86,18 +218,87 @@ def prune_checkpoints(ckpt_dir: str | Path, keep_last_k: int) -> list[Path]:
     return removed
 
 
+def _read_failure(error: BaseException) -> str:
+    """What went wrong, in words: torch's own message advises ``weights_only=False``, which is
+    the wrong advice for a damaged file."""
+    text = str(error).strip()
+    if isinstance(error, EOFError):
+        return "the file is cut short"
+    if "weights only load failed" in text.lower():
+        return "damaged or not a checkpoint (the safe unpickler rejected its contents)"
+    first = text.splitlines()[0].split(". ")[0][:200] if text else type(error).__name__
+    return f"damaged or not a checkpoint ({first})"
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_device(v, device)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one checkpoint file (``weights_only=True``) and verify its checksum.
+
+    Raises FileNotFoundError when it does not exist and :class:`CheckpointError` (naming the
+    file) when it is empty, truncated, not a checkpoint or fails its checksum.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "the file is empty")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (PermissionError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - zip, pickle and torch errors all mean "damaged"
+        raise CheckpointError(path, _read_failure(e)) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"not a checkpoint (holds a {type(state).__name__}, not a dict)")
+    stored = state.get(DIGEST_KEY)
+    if stored is not None and stored != content_digest(state):
+        raise CheckpointError(path, "checksum mismatch: the file was damaged after it was written")
+    device = torch.device(map_location) if not isinstance(map_location, torch.device) else map_location
+    return state if device.type == "cpu" else _to_device(state, device)
+
+
+def find_resumable(ckpt_dir: str | Path, quarantine: bool = False,
+                   map_location: str | torch.device = "cpu") -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint of ``ckpt_dir`` that loads and passes its checksum, and its state.
+
+    Bad ones are skipped with a warning naming them; with ``quarantine`` (the training run that
+    owns the directory) each is renamed to ``<name>.corrupt`` so that it is looked at once and
+    kept for inspection.  Returns ``(None, None)`` when no valid checkpoint exists.
+    """
+    for _, path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            return path, read_checkpoint_file(path, map_location)
+        except CheckpointError as e:
+            if quarantine:
+                aside = path.with_name(path.name + ".corrupt")
+                os.replace(path, aside)
+                log.warning("%s; moved aside to %s, trying the previous checkpoint", e, aside.name)
+            else:
+                log.warning("%s; trying the previous checkpoint", e)
+    return None, None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file (or the latest one in a directory) with ``weights_only=True``."""
+    """Load a checkpoint file, or the newest valid one of a directory (experiment or its
+    ``checkpoints/``), with ``weights_only=True`` and a verified checksum."""
     path = Path(path)
     if path.is_dir():
         inner = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        latest = latest_checkpoint(inner)
-        if latest is None:
-            raise FileNotFoundError(f"{path}: no ckpt-*.pt checkpoint found")
-        path = latest
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        found, state = find_resumable(inner, map_location=map_location)
+        if found is None:
+            what = "valid ckpt-*.pt checkpoint" if list_checkpoints(inner) else "ckpt-*.pt checkpoint"
+            raise FileNotFoundError(f"{path}: no {what} found")
+        return state
+    return read_checkpoint_file(path, map_location)
 
 
 # ----------------------------------------------------------------------------- RNG state

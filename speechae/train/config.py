@@ -52,6 +52,16 @@ class TrainConfig:
     tensorboard: bool = True
 
 
+# What a resumed run may change without --allow-config-change: these keys decide how long,
+# how verbosely and where training runs, never what the model learns at a given step.
+RESUME_SAFE_KEYS = frozenset({
+    "train.max_steps", "train.log_every", "train.valid_every", "train.save_every", "train.keep_last_k",
+    "train.valid_max_batches", "train.num_images", "train.num_threads", "train.tensorboard",
+    "train.max_consecutive_nonfinite", "train.device", "train.ddp_backend", "train.find_unused_parameters",
+    "data.num_workers",
+})
+
+
 @dataclass
 class ExperimentConfig:
     """Everything one training run needs; each block is read only by its own builder."""

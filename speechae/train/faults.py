@@ -4,22 +4,28 @@ Exit codes of ``speechae train`` (also documented in ``speechae train --help``):
 
 * 0  -- finished ``max_steps`` (or nothing left to do);
 * 1  -- an exception (state and the offending batch are in ``<exp>/debug/``);
+* 2  -- a user error: bad config or input, experiment directory in use (one line on stderr);
 * 3  -- too many consecutive non-finite steps (batch and model in ``<exp>/debug/``);
-* 75 -- stopped by SIGTERM/SIGINT after writing a checkpoint (EX_TEMPFAIL: "try again");
-  re-running the same command resumes from that checkpoint.
+* 75 -- stopped by SIGTERM/SIGINT (EX_TEMPFAIL: "try again"): after writing a checkpoint when
+  training had started, at once during start-up; re-running the same command resumes.
+
+This module imports no torch at load time: ``speechae train`` installs
+:func:`exit_on_signal_during_startup` before its heavy imports.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from speechae.utils.io import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("speechae.train")
 
@@ -33,11 +39,30 @@ class NonFiniteError(RuntimeError):
     """Raised when training produced too many non-finite steps in a row."""
 
 
+def _exit_interrupted(signum: int, frame: Any) -> None:  # noqa: ARG001
+    sys.stderr.write(f"speechae: received {signal.Signals(signum).name} during start-up: stopping "
+                     f"(nothing to checkpoint yet; exit code {EXIT_INTERRUPTED})\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+def exit_on_signal_during_startup() -> None:
+    """Make SIGTERM/SIGINT end the process with :data:`EXIT_INTERRUPTED` until the training
+    loop installs its :class:`StopFlag` (and again after it uninstalls it).
+
+    Installed first thing by ``speechae train``: a scheduler that pre-empts a job during its
+    5-10 s of imports and model building must see "try again" (75), not a crash.  Nothing is
+    lost by stopping there: the newest checkpoint is still the newest state.
+    """
+    for sig in StopFlag.SIGNALS:
+        signal.signal(sig, _exit_interrupted)
+
+
 class StopFlag:
     """Turns SIGTERM / SIGINT into a flag the loop polls between steps.
 
-    The first signal asks for a checkpoint and a clean exit; a second one restores the default
-    handler and re-raises it (so an impatient Ctrl-C still stops a stuck process).
+    The first signal asks for a checkpoint and a clean exit; a second one restores the system
+    default and re-raises it (so an impatient Ctrl-C still stops a process stuck in C code).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -61,6 +86,7 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.signum is not None:
             self.uninstall()
+            signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         self.signum = signum
@@ -75,6 +101,8 @@ class StopFlag:
 
 def tensors_only(batch: Mapping[str, Any]) -> dict[str, Any]:
     """The weights_only-safe part of a batch: tensors and lists of strings/numbers."""
+    import torch
+
     out: dict[str, Any] = {}
     for k, v in batch.items():
         if torch.is_tensor(v):
@@ -88,6 +116,8 @@ def dump_debug(exp_dir: str | Path, step: int, rank: int, reason: str, batch: An
                model_state: Mapping[str, torch.Tensor] | None, config: Mapping[str, Any],
                error: BaseException | None = None) -> Path:
     """Save the offending batch(es), model weights and context to ``<exp>/debug/``."""
+    import torch
+
     path = Path(exp_dir) / "debug" / f"step{step:08d}-{reason}-rank{rank}.pt"
     if isinstance(batch, Mapping):
         batches = [tensors_only(batch)]

@@ -36,7 +36,11 @@ def add_file_handler(path: str | Path) -> logging.Handler:
 
 
 def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop records with ``step > max_step`` (steps redone after a resume), atomically."""
+    """Keep only the records with ``step <= max_step``, atomically.
+
+    A run resumed from the checkpoint of step ``max_step`` redoes every later step, so their
+    records (and a last line cut short by a kill) must go.  ``max_step=0`` empties the log.
+    """
     path = Path(path)
     if not path.is_file():
         return
@@ -100,10 +104,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class ExperimentLogger:
-    """Writes metrics to JSONL and TensorBoard; a no-op object on non-main ranks."""
+    """Writes metrics to JSONL and TensorBoard; a no-op object on non-main ranks.
+
+    ``start_step``: the step training (re)starts from (the resumed checkpoint's, or 0).
+    Records and TensorBoard events of later steps, left by an interrupted run, are dropped,
+    so every step is logged exactly once however often the run was killed and resumed.
+    """
 
     def __init__(self, exp_dir: str | Path, enabled: bool, tensorboard: bool = True,
-                 purge_step: int | None = None) -> None:
+                 start_step: int = 0) -> None:
         self.enabled = enabled
         self.exp_dir = Path(exp_dir)
         self.writer = None
@@ -111,13 +120,13 @@ class ExperimentLogger:
         if not enabled:
             return
         (self.exp_dir / "log").mkdir(parents=True, exist_ok=True)
-        if purge_step is not None:
-            truncate_jsonl(self.exp_dir / "log" / "metrics.jsonl", purge_step)
+        truncate_jsonl(self.exp_dir / "log" / "metrics.jsonl", start_step)
         self._jsonl = open(self.exp_dir / "log" / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=purge_step)
+            # events at steps >= purge_step from earlier runs are hidden by TensorBoard
+            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=start_step + 1)
             self.writer.add_custom_scalars({"regularizer": {
                 "SIGReg vs Gaussian floor": ["Multiline", ["loss/sigreg", "sigreg/floor"]],
                 "KL": ["Multiline", ["loss/kl", "kl/nats"]]}})

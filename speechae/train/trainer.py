@@ -368,12 +368,24 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of the experiment, if any; True when resumed."""
-        latest = ck.latest_checkpoint(self.exp_dir / "checkpoints")
-        if latest is None:
+        """Load the newest valid checkpoint of the experiment, if any; True when resumed.
+
+        The main rank picks it (a damaged newer one is named, moved aside to ``.corrupt`` and
+        skipped, see :func:`speechae.train.checkpoint.find_resumable`); the other ranks load the
+        same step.
+        """
+        ckpt_dir = self.exp_dir / "checkpoints"
+        path, state = None, None
+        if self.env.is_main:
+            path, state = ck.find_resumable(ckpt_dir, quarantine=True, map_location=self.device)
+        step = int(all_reduce_max(float(state["step"]) if state is not None else -1.0, self.env))
+        if step < 0:
             return False
-        self.load_state_dict(ck.load_checkpoint(latest, map_location=self.device))
-        log.info("resumed from %s (step %d, epoch %d)", latest, self.step, self.epoch)
+        if not self.env.is_main:
+            path = ck.checkpoint_path(ckpt_dir, step)
+            state = ck.read_checkpoint_file(path, map_location=self.device)
+        self.load_state_dict(state)
+        log.info("resumed from %s (step %d, epoch %d)", path, self.step, self.epoch)
         return True
 
     # ------------------------------------------------------------------ loop
@@ -381,12 +393,13 @@ class Trainer:
     def fit(self) -> int:
         """Train until ``max_steps`` or a stop signal; returns the process exit code
         (see :mod:`speechae.train.faults`)."""
-        resumed = self.resume()
+        self.resume()
         if self.step >= self.tc.max_steps:
             log.info("already at step %d >= max_steps %d: nothing to do", self.step, self.tc.max_steps)
             return EXIT_OK
-        self.logger = ExperimentLogger(self.exp_dir, self.env.is_main, self.tc.tensorboard,
-                                       purge_step=self.step + 1 if resumed else None)
+        # records of steps after the checkpoint (also of a run killed before its first one) are
+        # redone: drop them so the log holds exactly one record per step
+        self.logger = ExperimentLogger(self.exp_dir, self.env.is_main, self.tc.tensorboard, start_step=self.step)
         self.throughput = Throughput(self.step, self.tc.max_steps)
         self.stop.install()
         try:

@@ -1,7 +1,9 @@
 """Atomic file output and small I/O helpers shared by every stage.
 
 A stage must never leave a half-written file that a re-run would trust: everything is written
-to a temporary sibling and moved into place with :func:`os.replace` (atomic on POSIX).
+to a temporary sibling and moved into place with :func:`os.replace` (atomic on POSIX).  The
+result has the permissions a plain ``open()`` would give it (``0666`` / ``0777`` minus the
+umask), so colleagues sharing the storage can read it; ``mkstemp`` alone would make it 0600.
 """
 
 from __future__ import annotations
@@ -9,10 +11,43 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it is racy)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _split_name(path: Path) -> tuple[str, str]:
+    """``x.jsonl.gz`` -> (``x``, ``.jsonl.gz``)."""
+    stem, dot, rest = path.name.partition(".")
+    return stem, f"{dot}{rest}" if dot else ""
+
+
+def temp_file_pattern(stem_regex: str, suffix: str) -> re.Pattern[str]:
+    """Regex for the temporary siblings :func:`atomic_path` creates for files named
+    ``<stem><suffix>`` with ``stem`` matching ``stem_regex`` (e.g. ``ckpt-\\d+`` and ``.pt``).
+    Used to remove the leftovers of killed writers."""
+    return re.compile(rf"^\.(?:{stem_regex})\.tmp[A-Za-z0-9_]+{re.escape(suffix)}$")
 
 
 @contextlib.contextmanager
@@ -25,14 +60,18 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name
-    stem, dot, rest = name.partition(".")
-    suffix = f"{dot}{rest}" if dot else ""
+    stem, suffix = _split_name(path)
+    prefix = f".{stem}.tmp"  # keep in step with temp_file_pattern
+    umask = current_umask()
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        os.chmod(tmp, 0o777 & ~umask)
     else:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.tmp", suffix=suffix, dir=path.parent)
-        os.close(fd)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~umask)
+        finally:
+            os.close(fd)
         tmp = Path(tmp_name)
     try:
         yield tmp
