@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from speechae.bin import CommandGroup
+
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
     "synth-corpus": "speechae.bin.data:synth_corpus",
@@ -29,8 +31,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
-    """A click group whose commands are imported on first use."""
+class LazyGroup(CommandGroup):
+    """A click group whose commands are imported on first use (user errors: one line, see
+    :class:`speechae.bin.CommandGroup`)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

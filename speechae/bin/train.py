@@ -18,16 +18,23 @@ _COMMAND_ENV = "SPEECHAE_TRAIN_COMMAND"
 @click.option("--exp-dir", required=True, type=click.Path(file_okay=False), help="experiment directory")
 @click.option("--world-size", type=int, default=None,
               help="processes on this node: re-executes under torchrun (CPU: gloo, GPU: nccl)")
-@click.option("--allow-config-change", is_flag=True, help="resume even if the config differs from the stored one")
+@click.option("--allow-config-change", is_flag=True,
+              help="resume even if the config differs from the stored one in more than run-length and "
+                   "logging settings (train.max_steps, log/valid/save intervals, num_threads, ...)")
 @click.option("--print-config", is_flag=True, help="print the resolved config and exit")
 def train(config: str, overrides: tuple[str, ...], exp_dir: str, world_size: int | None,
           allow_config_change: bool, print_config: bool) -> None:
     """Train CONFIG.yaml with optional key=value OVERRIDES (e.g. train.max_steps=100).
 
-    Re-running the same command resumes from the newest checkpoint in EXP_DIR.  Multi-node:
-    launch with torchrun yourself (see tools/slurm_train.sbatch).  Exit codes: 0 done,
-    1 error, 3 too many non-finite steps, 75 stopped by SIGTERM/SIGINT after a checkpoint.
+    Re-running the same command resumes from the newest valid checkpoint in EXP_DIR; one run
+    at a time may use EXP_DIR (it is locked).  Multi-node: launch with torchrun yourself (see
+    tools/slurm_train.sbatch).  Exit codes: 0 done, 1 error, 2 bad config or input / EXP_DIR in
+    use, 3 too many non-finite steps, 75 stopped by SIGTERM/SIGINT (re-run to resume).
     """
+    # First, before the heavy imports: a pre-empted job must exit 75 ("try again") at any moment.
+    from speechae.train.faults import exit_on_signal_during_startup
+
+    exit_on_signal_during_startup()
     from speechae.train.config import dump_config, load_experiment_config
 
     cfg = load_experiment_config(config, overrides)
