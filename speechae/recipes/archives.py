@@ -10,13 +10,21 @@ Rules every recipe's stage 0 follows:
 * a bad archive is re-fetched (resumed first, then from scratch) when the network is up, and
   otherwise reported with a message that says how to provide the file;
 * without network the check fails within seconds (:func:`network_available`), never after a
-  long TCP timeout.
+  long TCP timeout;
+* extraction keeps every member inside the destination: tar members go through Python's
+  ``filter="data"`` (no absolute paths, no ``..``, no links out of the tree, no device files,
+  no setuid bits) where available, and a member escaping the destination is refused otherwise;
+* where the publisher lists a checksum (:func:`fetch_archive`'s ``checksum``), a downloaded
+  archive must match it (it is fetched again, then refused).  An archive the user placed in the
+  download directory that does not match is used with a warning naming both digests: it may be
+  a mirror's repack or a test fixture, and the structural check above still applies.
 
 Downloads use Lhotse's ``resumable_download`` (HTTP Range resume of partial files).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -93,6 +101,32 @@ def verify_archive(path: str | Path) -> int:
         raise BadArchiveError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})") from None
 
 
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file (``md5``, ``sha256``, ...), read in 1 MiB blocks."""
+    h = hashlib.new(algorithm, usedforsecurity=False)  # integrity, not security: md5 is what OpenSLR lists
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_checksum(checksum: str) -> tuple[str, str]:
+    """``"md5:<hex>"`` / ``"sha256:<hex>"`` -> (algorithm, lower-case hex)."""
+    algorithm, sep, value = checksum.partition(":")
+    if not sep or algorithm not in ("md5", "sha1", "sha256") or not value:
+        raise ValueError(f"checksum {checksum!r} is not of the form md5:<hex> or sha256:<hex>")
+    return algorithm, value.strip().lower()
+
+
+def checksum_mismatch(path: str | Path, checksum: str | None) -> str | None:
+    """None when ``path`` matches ``checksum`` (or there is none); else a message naming both."""
+    if not checksum:
+        return None
+    algorithm, want = parse_checksum(checksum)
+    got = file_digest(path, algorithm)
+    return None if got == want else f"{path}: {algorithm} {got} differs from the published {want}"
+
+
 def _safe_members_tar(tf: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     members = []
     root = dest.resolve()
@@ -128,10 +162,14 @@ def extract_archive(path: str | Path, dest_dir: str | Path, top_level: str | Non
                 zf.extractall(tmp)
         else:
             with tarfile.open(path, "r:*") as tf:
-                tf.extractall(tmp, members=_safe_members_tar(tf, tmp))
+                members = _safe_members_tar(tf, tmp)
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.12, and 3.8.17+/3.9.17+/3.10.12+/3.11.4+
+                    tf.extractall(tmp, members=members, filter="data")
+                else:
+                    tf.extractall(tmp, members=members)
         for entry in tmp.iterdir():
             _merge_move(entry, dest_dir / entry.name)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:  # FilterError is a TarError
         raise BadArchiveError(f"{path}: extraction failed ({e})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,12 +193,15 @@ def marker(dest_dir: str | Path, archive_name: str) -> Path:
     return Path(dest_dir) / f".{archive_name}.completed"
 
 
-def fetch_archive(url: str, archive: str | Path, offline_hint: str, network: bool | None = None) -> Path:
+def fetch_archive(url: str, archive: str | Path, offline_hint: str, network: bool | None = None,
+                  checksum: str | None = None) -> Path:
     """Make ``archive`` a complete, verified copy of ``url``.
 
     An existing file is verified first; a bad one is resumed (it may just be short) and, if
     still bad, downloaded from scratch.  With no network, a missing or bad archive raises
-    :class:`CorpusUnavailableError` carrying ``offline_hint``.
+    :class:`CorpusUnavailableError` carrying ``offline_hint``.  ``checksum`` (``md5:<hex>`` or
+    ``sha256:<hex>``, the publisher's): a download must match it; an existing file that does not
+    is used with a warning (see the module doc).
     """
     from lhotse.utils import resumable_download
 
@@ -168,6 +209,10 @@ def fetch_archive(url: str, archive: str | Path, offline_hint: str, network: boo
     if archive.is_file():
         try:
             verify_archive(archive)
+            mismatch = checksum_mismatch(archive, checksum)
+            if mismatch:
+                logging.warning("%s; using it as provided (delete it to download the published archive)",
+                                mismatch)
             return archive
         except BadArchiveError as e:
             logging.warning("%s; fetching it again", e)
@@ -184,7 +229,11 @@ def fetch_archive(url: str, archive: str | Path, offline_hint: str, network: boo
         resumable_download(url, filename=archive, force_download=force)
         try:
             verify_archive(archive)
+            mismatch = checksum_mismatch(archive, checksum)
+            if mismatch:
+                raise BadArchiveError(mismatch)
             return archive
         except BadArchiveError as e:
             logging.warning("%s (attempt %d)", e, attempt + 1)
-    raise BadArchiveError(f"{archive}: still corrupt after a fresh download of {url}")
+            problem = str(e)
+    raise BadArchiveError(f"{archive}: still bad after a fresh download of {url} ({problem})")

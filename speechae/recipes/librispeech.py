@@ -39,6 +39,20 @@ SPLIT_OF = {
 LIBRISPEECH = tuple(list(SPLIT_OF)[:7])
 MINI_LIBRISPEECH = ("dev-clean-2", "train-clean-5")
 PART_SETS = {"librispeech": LIBRISPEECH, "mini_librispeech": MINI_LIBRISPEECH}
+# The publisher's checksums of each <part>.tar.gz: https://www.openslr.org/resources/12/md5sum.txt
+# and the list on https://www.openslr.org/31/ (the same values are pinned by several
+# independent LibriSpeech loaders).  A downloaded archive must match; see speechae.recipes.archives.
+PUBLISHED_MD5 = {
+    "dev-clean": "42e2234ba48799c1f50f24a7926300a1",
+    "dev-other": "c8d0bcc9cca99d4f8b62fcc847357931",
+    "test-clean": "32fa31d27d2e1cad72775fee3f4849a9",
+    "test-other": "fb5a50374b501bb3bac4815ee91d3135",
+    "train-clean-100": "2a93770f6d5c6c964bc36631d331a522",
+    "train-clean-360": "c0e676e450a7ff2f54aeade5171606fa",
+    "train-other-500": "d1a0fd59409feb2c614ce4d30c387708",
+    "dev-clean-2": "6d7ab67ac6a1d2c993d050e16d61080d",
+    "train-clean-5": "5df7d4e78065366204ca6845bb08f490",
+}
 
 
 def resolve_parts(dataset_parts: str) -> list[str]:
@@ -85,7 +99,7 @@ def download_librispeech(dl_dir: str | Path, dataset_parts: str = "mini_librispe
         hint = (f"Provide LibriSpeech part {part!r} with --dl-dir DIR, where DIR holds either "
                 f"{part}.tar.gz (from {url}) or the extracted LibriSpeech/{part}/ tree.")
         if archive.is_file() or network:
-            fetch_archive(url, archive, hint, network=network)
+            fetch_archive(url, archive, hint, network=network, checksum=f"md5:{PUBLISHED_MD5[part]}")
         else:
             raise CorpusUnavailableError(f"LibriSpeech part {part!r} not found in {dl_dir} and {url} cannot be "
                                          f"reached (no network).\n{hint}")
