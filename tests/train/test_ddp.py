@@ -48,3 +48,37 @@ def test_two_processes_match_one_process(tmp_path: Path, make_config) -> None:
     # later steps: Adam normalises each coordinate, so rounding-level gradient differences on
     # near-zero coordinates grow; the SIGReg statistic (N x a squared error) is the most sensitive
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=2e-2, atol=1e-4)
+
+
+def _resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, exp: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from speechae.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        trainer = Trainer(experiment_config_from_dict(cfg_dict), exp, DistEnv(rank=rank, world_size=world_size))
+        trainer.resume()
+        torch.save({"step": trainer.step, "w": next(trainer.model.parameters()).detach().clone()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_resume_from_the_same_valid_checkpoint(exp_copy: Path, make_config, corrupt, tmp_path: Path) -> None:  # noqa: ANN001
+    """Rank 0 picks the checkpoint (setting a damaged newest one aside once); rank 1 follows."""
+    from speechae.train import checkpoint as ck
+
+    corrupt(ck.checkpoint_path(exp_copy / "checkpoints", 6), "truncated")
+    cfg = make_config(train={"max_steps": 6, "save_every": 3, "keep_last_k": 0, "valid_every": 0,
+                             "tensorboard": False})
+    out = str(tmp_path / "resumed")
+    mp.start_processes(_resume_worker, args=(2, _free_port(), cfg, str(exp_copy), out), nprocs=2, join=True,
+                       start_method="spawn")
+    r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert r0["step"] == r1["step"] == 3 and torch.equal(r0["w"], r1["w"])
+    assert sorted(p.name for p in (exp_copy / "checkpoints").iterdir()) == ["ckpt-00000003.pt",
+                                                                            "ckpt-00000006.pt.corrupt"]
