@@ -9,13 +9,14 @@ from pathlib import Path
 
 import click
 
+from speechae.bin.data import audio_policy_options, make_policy
 from speechae.utils.logging import setup_logging
 
 RECIPES = ("librispeech", "bengali")
 PREPARERS = RECIPES + ("tsv",)
 
 
-def _fail_cleanly(fn, *args, **kwargs):  # noqa: ANN001, ANN202
+def fail_cleanly(fn, *args, **kwargs):  # noqa: ANN001, ANN202
     """Turn 'corpus unavailable' and bad-input errors into a one-paragraph message and exit 1."""
     from speechae.data.validate import BadInputError
     from speechae.recipes.archives import BadArchiveError, CorpusUnavailableError
@@ -59,11 +60,11 @@ def download_corpus(recipe: str, dl_dir: str, dataset_parts: str, corpora: str, 
     if recipe == "librispeech":
         from speechae.recipes.librispeech import download_librispeech
 
-        out = {"librispeech": str(_fail_cleanly(download_librispeech, dl_dir, dataset_parts))}
+        out = {"librispeech": str(fail_cleanly(download_librispeech, dl_dir, dataset_parts))}
     else:
         from speechae.recipes.bengali import download_bengali
 
-        out = _fail_cleanly(download_bengali, dl_dir, corpora, slr53_parts)
+        out = fail_cleanly(download_bengali, dl_dir, corpora, slr53_parts)
     click.echo(json.dumps(out))
 
 
@@ -84,36 +85,53 @@ def download_corpus(recipe: str, dl_dir: str, dataset_parts: str, corpora: str, 
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="bad audio/transcripts: stop, or skip and list them in <prefix>_skipped.txt")
 @click.option("--nj", default=2, show_default=True, help="processes for audio checks")
+@audio_policy_options
 def prepare_corpus(recipe: str, dl_dir: str, out_dir: str, prefix: str | None, dataset_parts: str, corpora: str,
                    digits: str, normalize: str, language: str | None, dev_fraction: float, test_fraction: float,
-                   on_error: str, nj: int) -> None:
+                   on_error: str, nj: int, min_sample_rate: int | None, min_duration: float,
+                   max_duration: float) -> None:
     """Stage 1: validated Lhotse manifests <prefix>_{recordings,supervisions}_<split>.jsonl.gz.
 
     DL_DIR is the download folder (librispeech, bengali) or the utterances.tsv file (tsv; see
     speechae/recipes/generic.py).
 
-    Also writes <prefix>_splits.txt (the comma-separated split names, first = training) for stages 2-3.
+    Every file is decoded and every line checked in one pass; all problems are reported together.
+    Audio policy (rates, channels, durations): see speechae/data/validate.py (AudioPolicy).
+    Writes <prefix>_skipped.txt and <prefix>_warnings.txt (one 'id<TAB>file<TAB>reason' line per item),
+    and <prefix>_splits.txt (the comma-separated split names, first = training) for stages 2-3.
     """
+    from speechae.data.validate import audio_policy
     from speechae.utils.io import write_lines
 
     setup_logging()
     prefix = prefix or recipe
-    if recipe == "librispeech":
-        from speechae.recipes.librispeech import prepare_librispeech
-
-        counts = _fail_cleanly(prepare_librispeech, dl_dir, out_dir, dataset_parts, prefix, on_error, nj)
-    elif recipe == "tsv":
-        from speechae.recipes.generic import prepare_tsv_corpus
-
-        counts = _fail_cleanly(prepare_tsv_corpus, dl_dir, out_dir, prefix, on_error, normalize, language, nj,
-                               dev_fraction, test_fraction)
-    else:
-        from speechae.recipes.bengali import prepare_bengali
-
-        counts = _fail_cleanly(prepare_bengali, dl_dir, out_dir, corpora, prefix, on_error, digits, nj,
-                               dev_fraction=dev_fraction, test_fraction=test_fraction)
+    policy = make_policy(16000, min_sample_rate, min_duration, max_duration)
+    with audio_policy(policy):
+        counts = _prepare(recipe, dl_dir, out_dir, prefix, dataset_parts, corpora, digits, normalize, language,
+                          dev_fraction, test_fraction, on_error, nj)
     order = ["train", "dev", "test", "test-clean", "test-other"]
     splits = sorted(counts, key=lambda s: order.index(s) if s in order else len(order))
     write_lines(Path(out_dir) / f"{prefix}_splits.txt", [",".join(splits)])
     logging.info("manifests: %s", counts)
     click.echo(json.dumps(counts))
+
+
+def _prepare(recipe: str, dl_dir: str, out_dir: str, prefix: str, dataset_parts: str, corpora: str, digits: str,
+             normalize: str, language: str | None, dev_fraction: float, test_fraction: float, on_error: str,
+             nj: int) -> dict[str, int]:
+    """Run the preparer of ``recipe`` (under the policy set by the caller)."""
+    if recipe == "librispeech":
+        from speechae.recipes.librispeech import prepare_librispeech
+
+        counts = fail_cleanly(prepare_librispeech, dl_dir, out_dir, dataset_parts, prefix, on_error, nj)
+    elif recipe == "tsv":
+        from speechae.recipes.generic import prepare_tsv_corpus
+
+        counts = fail_cleanly(prepare_tsv_corpus, dl_dir, out_dir, prefix, on_error, normalize, language, nj,
+                              dev_fraction, test_fraction)
+    else:
+        from speechae.recipes.bengali import prepare_bengali
+
+        counts = fail_cleanly(prepare_bengali, dl_dir, out_dir, corpora, prefix, on_error, digits, nj,
+                              dev_fraction=dev_fraction, test_fraction=test_fraction)
+    return counts

@@ -11,6 +11,29 @@ import click
 from speechae.utils.logging import setup_logging
 
 
+def audio_policy_options(fn):  # noqa: ANN001, ANN201
+    """The options of :class:`speechae.data.validate.AudioPolicy`, shared by every stage-1 command."""
+    fn = click.option("--min-sample-rate", type=int, default=None,
+                      help="lowest sample rate accepted [default: the target rate, 16000]; lower rates are "
+                           "rejected as bad items, higher ones resampled (and listed in <prefix>_warnings.txt)")(fn)
+    fn = click.option("--min-duration", default=0.1, show_default=True,
+                      help="seconds; shorter utterances are dropped and listed in <prefix>_skipped.txt")(fn)
+    fn = click.option("--max-duration", default=30.0, show_default=True,
+                      help="seconds; longer utterances are dropped and listed in <prefix>_skipped.txt (0 = no limit)")(fn)
+    return fn
+
+
+def make_policy(sample_rate: int, min_sample_rate: int | None, min_duration: float, max_duration: float):  # noqa: ANN201
+    """An AudioPolicy from the command-line options; a bad combination is a usage error."""
+    from speechae.data.validate import AudioPolicy
+
+    try:
+        return AudioPolicy(sample_rate=sample_rate, min_sample_rate=min_sample_rate, min_duration=min_duration,
+                           max_duration=max_duration)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.command("synth-corpus")
 @click.argument("out_dir", type=click.Path())
 @click.option("--num-speakers", default=12, show_default=True, help="pseudo-speakers (>= 8 for a 3-way split)")
@@ -41,15 +64,21 @@ def synth_corpus(out_dir: str, num_speakers: int, utts_per_speaker: int, bn_frac
 @click.option("--num-test-speakers", default=2, show_default=True)
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="bad audio/transcripts: stop with an error, or skip and list them in <prefix>_skipped.txt")
-@click.option("--sample-rate", default=16000, show_default=True, help="expected sample rate")
+@click.option("--sample-rate", default=16000, show_default=True, help="target sample rate")
+@audio_policy_options
 def prepare_manifests(corpus_dir: str, out_dir: str, prefix: str, num_dev_speakers: int, num_test_speakers: int,
-                      on_error: str, sample_rate: int) -> None:
-    """Stage 1 (tiny recipe): Lhotse manifests with phone alignments, split by speaker."""
+                      on_error: str, sample_rate: int, min_sample_rate: int | None, min_duration: float,
+                      max_duration: float) -> None:
+    """Stage 1 (tiny recipe): Lhotse manifests with phone alignments, split by speaker.
+
+    Audio policy (rates, channels, durations): see speechae/data/validate.py (AudioPolicy)."""
+    from speechae.bin.corpus import fail_cleanly
     from speechae.data.manifests import prepare_synth_manifests
 
     setup_logging()
-    counts = prepare_synth_manifests(corpus_dir, out_dir, prefix, num_dev_speakers, num_test_speakers,
-                                     on_error=on_error, sample_rate=sample_rate)
+    policy = make_policy(sample_rate, min_sample_rate, min_duration, max_duration)
+    counts = fail_cleanly(prepare_synth_manifests, corpus_dir, out_dir, prefix, num_dev_speakers, num_test_speakers,
+                          on_error=on_error, policy=policy)
     logging.info("manifests: %s", counts)
 
 
@@ -65,12 +94,13 @@ def prepare_manifests(corpus_dir: str, out_dir: str, prefix: str, num_dev_speake
 def compute_fbank(manifest_dir: str, fbank_dir: str, prefix: str, splits: str, nj: int, num_mel_bins: int,
                   speed_perturb: bool) -> None:
     """Stage 2: log-mel fbank features (LilcomChunkyWriter), one cut file per split."""
+    from speechae.bin.corpus import fail_cleanly
     from speechae.data.features import compute_fbank as run
 
     setup_logging()
     for split in splits.split(","):
-        stats = run(manifest_dir, fbank_dir, prefix, split, num_jobs=nj, num_mel_bins=num_mel_bins,
-                    speed_perturb=speed_perturb and split.startswith("train"))
+        stats = fail_cleanly(run, manifest_dir, fbank_dir, prefix, split, num_jobs=nj, num_mel_bins=num_mel_bins,
+                             speed_perturb=speed_perturb and split.startswith("train"))
         click.echo(json.dumps(stats))
 
 

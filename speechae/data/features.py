@@ -13,10 +13,13 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, load_manifest
+from lhotse.cut import Cut, MultiCut
+from lhotse.utils import fastcopy
 
-from speechae.data.validate import BadInputError
+from speechae.data.validate import BadInputError, one_line
 from speechae.utils.io import atomic_path
 
 FRAME_SHIFT = 0.01
@@ -31,6 +34,35 @@ def make_extractor(num_mel_bins: int = 80, sampling_rate: int = 16000, use_kaldi
 
         return KaldifeatFbank(KaldifeatFbankConfig(mel_opts=KaldifeatMelOptions(num_bins=num_mel_bins)))
     return Fbank(FbankConfig(num_mel_bins=num_mel_bins, sampling_rate=sampling_rate, frame_shift=FRAME_SHIFT))
+
+
+def channel_zero(cut: Cut) -> Cut:
+    """A multi-channel cut as the mono cut of its channel 0 (same id), per the channel policy
+    of :class:`speechae.data.validate.AudioPolicy`; a mono cut unchanged."""
+    if isinstance(cut, MultiCut):
+        return fastcopy(cut.to_mono(mono_downmix=False)[0], id=cut.id)
+    return cut
+
+
+def describe_failures(cuts: CutSet, extractor, limit: int = 50) -> str:  # noqa: ANN001
+    """Re-run extraction cut by cut (in this process) and name every cut that fails, with its
+    file and the reason: one line each."""
+    lines = []
+    for cut in cuts:
+        try:
+            audio = cut.load_audio()
+            if not np.isfinite(audio).all():
+                raise ValueError(f"{int(np.isnan(audio).sum())} NaN / {int(np.isinf(audio).sum())} Inf audio samples")
+            feats = extractor.extract(audio, cut.sampling_rate)
+            if not np.isfinite(feats).all():
+                raise ValueError("non-finite features")
+        except Exception as e:
+            source = cut.recording.sources[0].source if cut.has_recording else "?"
+            lines.append(f"  cut {cut.id} ({source}): {one_line(e)}")
+    if not lines:
+        return "(every cut extracts on its own; the failure is not in one cut)"
+    shown = lines[:limit] + ([f"  ... and {len(lines) - limit} more"] if len(lines) > limit else [])
+    return "\n".join([f"{len(lines)} failing cut(s); rerun stage 1 to check the corpus:"] + shown)
 
 
 def cuts_path(fbank_dir: str | Path, prefix: str, split: str) -> Path:
@@ -53,6 +85,7 @@ def compute_fbank(manifest_dir: str | Path, fbank_dir: str | Path, prefix: str, 
         if not p.is_file():
             raise FileNotFoundError(f"{p}: missing; run the manifest stage first")
     cuts = CutSet.from_manifests(recordings=load_manifest(rec_path), supervisions=load_manifest(sup_path))
+    cuts = CutSet.from_cuts(channel_zero(c) for c in cuts)
     num_cuts = len(cuts)
     if speed_perturb:
         cuts = (cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)).to_eager()
@@ -72,8 +105,9 @@ def compute_fbank(manifest_dir: str | Path, fbank_dir: str | Path, prefix: str, 
             extractor=extractor, storage_path=storage, num_jobs=num_jobs if num_jobs > 1 else None,
             storage_type=LilcomChunkyWriter, progress_bar=True,
         )
-    except Exception as e:  # name the split; Lhotse's own message names the recording
-        raise BadInputError(f"{rec_path}: feature extraction failed: {e}") from e
+    except Exception as e:  # Lhotse names neither cut nor file: find them
+        raise BadInputError(f"{rec_path}: feature extraction failed ({one_line(e)})\n"
+                            f"{describe_failures(cuts, extractor)}") from e
     elapsed = time.perf_counter() - t0
     cuts = cuts.to_eager()
     with atomic_path(cuts_path(fbank_dir, prefix, split)) as tmp:

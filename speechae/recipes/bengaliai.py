@@ -48,32 +48,40 @@ def find_bengaliai(dl_dir: str | Path) -> Path:
 
 
 def read_bengaliai(corpus_dir: str | Path, view_dir: str | Path, checker: Checker, num_jobs: int = 1) -> Pairs:
-    """Pairs for train/dev/test (dev + test = the official ``valid`` part, halved by id hash)."""
+    """Pairs for train/dev/test (dev + test = the official ``valid`` part, halved by id hash).
+
+    Before Lhotse reads anything, every line is checked here (format, id, transcript, id
+    listed once) and every file decoded once (the report is reused by stage 1's final check)."""
     from lhotse.recipes.bengaliai_speech import prepare_bengaliai_speech
 
-    from speechae.recipes.common import check_audio_files, fail
+    from speechae.data.validate import check_id, check_text
+    from speechae.recipes.common import text_lines, unique_ids
 
     corpus_dir, view_dir = Path(corpus_dir), Path(view_dir)
     csv_path = corpus_dir / "train.csv"
-    lines = csv_path.read_text(encoding="utf-8").splitlines()
-    if not lines or lines[0].strip().split(",")[0] != "id":
+    lines = iter(text_lines(csv_path, checker))  # utf-8-sig; a non-UTF-8 line goes to checker
+    header = next((line for _, _, line in lines), "")
+    if header.strip().split(",")[0] != "id":
         raise ValueError(f"{csv_path}: expected the header 'id,sentence,split'")
-    rows, kept = [], [lines[0]]
-    for i, line in enumerate(lines[1:], 2):
+    rows, kept = [], [header]
+    for where, _, line in lines:
+        if not line.strip():
+            continue
         head, sep, split = line.rpartition(",")
         utt, sep2, text = head.partition(",")
         if not sep or not sep2 or split not in ("train", "valid") or not utt:
-            checker.ok(f"train.csv:{i}", fail, f"{csv_path}:{i}: malformed line, expected 'id,sentence,split': {line!r}")
+            checker.reject(utt or where, where, f"malformed line, expected 'id,sentence,split': {line[:80]!r}")
             continue
-        rows.append((utt, text, split, line))
+        if checker.ok(utt, check_id, utt, where) is None or checker.ok(utt, check_text, text, where) is None:
+            continue
+        rows.append((utt, where, line))
+    rows = unique_ids(rows, lambda r: r[0], lambda r: r[1], checker)
     paths = [str(corpus_dir / "train_mp3s" / f"{utt}.mp3") for utt, *_ in rows]
-    for (utt, text, _split, line), err in zip(rows, check_audio_files(paths, num_jobs)):
-        if err is None and not text.strip():
-            err = f"{csv_path} [{utt}]: transcript is empty"
-        if err is not None:
-            checker.ok(utt, fail, err)
-            continue
-        kept.append(line)
+    for (utt, _, line), path, report in zip(rows, paths, checker.audio(paths, num_jobs)):
+        if isinstance(report, str):
+            checker.reject(utt, path, report)
+        else:
+            kept.append(line)
     view_dir.mkdir(parents=True, exist_ok=True)
     (view_dir / "train.csv").write_text("\n".join(kept) + "\n", encoding="utf-8")
     for sub in ("train_mp3s", "test_mp3s"):

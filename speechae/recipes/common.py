@@ -1,33 +1,28 @@
-"""Manifest finishing shared by the real-corpus recipes (stage 1).
+"""Helpers shared by the real-corpus readers (stage 1).
 
 Every corpus module turns its layout into ``{split: [(Recording, SupervisionSegment), ...]}``
-("pairs"); :func:`finish_manifests` then
+("pairs") and calls :func:`speechae.data.manifests.finish_manifests` (re-exported here), which
+applies the one validation policy of :mod:`speechae.data.validate` to every corpus.
 
-* decodes every audio file once (in ``num_jobs`` processes) with
-  :func:`speechae.data.validate.check_audio`, checks and normalises every transcript, and
-  applies the ``--on-error fail|skip`` policy (skips are listed in ``<prefix>_skipped.txt``);
-* resamples recordings to the feature rate (lazily: Lhotse resamples on load);
-* writes ``<prefix>_recordings_<split>.jsonl.gz`` / ``<prefix>_supervisions_<split>.jsonl.gz``,
-  the names ``speechae compute-fbank`` reads.
+Readers check what they can see in their listing before any audio is opened: line format,
+UTF-8 (a byte-order mark on the first line is accepted), id safety, speaker, and ids unique
+across the whole corpus *before* the split into train/dev/test.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse import SupervisionSegment
 from lhotse.utils import fastcopy
 
-from speechae.data.manifests import write_manifests
-from speechae.data.validate import BadInputError, Checker, check_audio, check_text
-
-Pair = tuple[Recording, SupervisionSegment]
-Pairs = dict[str, list[Pair]]
+from speechae.data.manifests import (Pair, Pairs, audio_path, finish_manifests, normalize_pairs,  # noqa: F401
+                                     pending_recording, unique_ids)
+from speechae.data.validate import BadInputError, Checker, check_id, check_speaker, check_text
 
 
 def fail(message: str) -> None:
@@ -35,66 +30,31 @@ def fail(message: str) -> None:
     raise BadInputError(message)
 
 
-def tsv_rows(tsv: Path, checker: Checker, comments: bool = False) -> Iterator[tuple[str, str, list[str]]]:
-    """``(where, line, fields)`` for each non-empty line of a UTF-8 TSV (``where`` = ``file:line``);
-    a line that is not UTF-8 goes to ``checker`` (error or skip list); ``comments`` skips ``#`` lines."""
-    with open(tsv, "rb") as f:
+def text_lines(path: Path, checker: Checker) -> Iterator[tuple[str, int, str]]:
+    """``(where, number, line)`` for each line of a UTF-8 text file (``where`` = ``file:line``,
+    line endings removed).  A byte-order mark opening the file is dropped (``utf-8-sig``); a
+    line that is not UTF-8 goes to ``checker``, naming its first field as the item."""
+    with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
-            where = f"{tsv}:{i}"
+            where = f"{path}:{i}"
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
-                checker.ok(where, fail, f"{where}: not valid UTF-8 ({e.reason})")
+                first = raw.split(b"\t")[0].split(b",")[0].split()[:1]
+                item = first[0].decode("utf-8", "backslashreplace") if first else where
+                checker.reject(item, where, f"not valid UTF-8 ({e.reason} at byte {e.start})")
                 continue
-            if line.strip() and not (comments and line.startswith("#")):
-                yield where, line, line.split("\t")
+            yield where, i, line
 
 
-def audio_path(rec: Recording) -> str:
-    """The file behind a single-source file recording."""
-    src = rec.sources[0]
-    if src.type != "file":
-        raise BadInputError(f"{rec.id}: recording source is {src.type!r}, expected a file")
-    return src.source
-
-
-def _check_one(path: str) -> str | None:
-    try:
-        check_audio(path)
-    except BadInputError as e:
-        return str(e)
-    return None
-
-
-def check_audio_files(paths: list[str], num_jobs: int = 1) -> list[str | None]:
-    """Fully decode every file; return an error message (or None) per path."""
-    if num_jobs <= 1 or len(paths) < 64:
-        return [_check_one(p) for p in paths]
-    with ProcessPoolExecutor(num_jobs) as ex:
-        return list(ex.map(_check_one, paths, chunksize=64))
-
-
-def normalize_pairs(pairs: list[Pair], checker: Checker, normalize: Callable[[str], str] | None,
-                    where: str) -> list[Pair]:
-    """Check (and normalise) each transcript; drop or fail on bad ones per ``checker``."""
-    out = []
-    for rec, sup in pairs:
-        text = checker.ok(sup.id, check_text, sup.text, f"{where} [{sup.id}]")
-        if text is None:
-            continue
-        if normalize is not None:
-            text = checker.ok(sup.id, _normalize, normalize, text, f"{where} [{sup.id}]")
-            if text is None:
-                continue
-        out.append((rec, fastcopy(sup, text=text)))
-    return out
-
-
-def _normalize(fn: Callable[[str], str], text: str, where: str) -> str:
-    try:
-        return fn(text)
-    except ValueError as e:  # NormalizationError and friends
-        raise BadInputError(f"{where}: {e}") from None
+def tsv_rows(tsv: Path, checker: Checker, comments: bool = False) -> Iterator[tuple[str, str, list[str]]]:
+    """``(where, line, fields)`` for each non-empty line of a UTF-8 TSV (see :func:`text_lines`);
+    ``comments`` skips ``#`` lines."""
+    for where, _, line in text_lines(tsv, checker):
+        if line.strip() and not (comments and line.startswith("#")):
+            yield where, line, line.split("\t")
 
 
 def prefix_ids(pairs: Iterable[Pair], tag: str) -> list[Pair]:
@@ -120,39 +80,40 @@ def speaker_split(speakers: Iterable[str], dev_fraction: float, test_fraction: f
     return {s: ("test" if i < n_test else "dev" if i < n_test + n_dev else "train") for i, s in enumerate(spk)}
 
 
-def finish_manifests(pairs: Pairs, out_dir: str | Path, prefix: str, checker: Checker,
-                     normalize: Callable[[str], str] | None = None, sample_rate: int = 16000,
-                     num_jobs: int = 1, full_decode: bool = True) -> dict[str, int]:
-    """Validate, normalise, resample and write every split; returns utterances per split.
+@dataclass
+class Row:
+    """One utterance of a listing, before any audio is opened."""
 
-    ``checker`` may already hold skips found by the corpus reader (malformed lines, missing
-    files); they are written to ``<prefix>_skipped.txt`` together with the ones found here.
-    """
-    out_dir = Path(out_dir)
-    counts: dict[str, int] = {}
-    for split, items in pairs.items():
-        items = normalize_pairs(items, checker, normalize, f"{prefix}/{split}")
-        errors = check_audio_files([audio_path(r) for r, _ in items], num_jobs) if full_decode else [None] * len(items)
-        kept_recs, kept_sups, seen = [], [], set()
-        for (rec, sup), err in zip(items, errors):
-            if err is not None and checker.ok(sup.id, fail, err) is None:
-                continue
-            if rec.id in seen:
-                checker.ok(sup.id, fail, f"{audio_path(rec)}: duplicate recording id {rec.id}")
-                continue
-            seen.add(rec.id)
-            if rec.sampling_rate != sample_rate:
-                rec = rec.resample(sample_rate)
-            kept_recs.append(rec)
-            kept_sups.append(fastcopy(sup, duration=min(sup.duration, rec.duration)))
-        if not kept_recs:
-            checker.write(out_dir / f"{prefix}_skipped.txt")
-            raise BadInputError(f"{prefix}: split {split!r} has no usable utterances "
-                                f"(see {out_dir / f'{prefix}_skipped.txt'})")
-        write_manifests(RecordingSet.from_recordings(kept_recs), SupervisionSet.from_segments(kept_sups),
-                        out_dir, prefix, split)
-        counts[split] = len(kept_recs)
-    checker.write(out_dir / f"{prefix}_skipped.txt")
-    if checker.skipped:
-        logging.warning("skipped %d bad item(s); see %s", len(checker.skipped), out_dir / f"{prefix}_skipped.txt")
-    return counts
+    id: str
+    speaker: str
+    text: str
+    path: Path
+    where: str  # file:line of the listing
+    split: str | None = None  # given by the listing, else chosen by speaker
+
+
+def row_ok(checker: Checker, utt: str, speaker: str, where: str, text: str | None = None) -> bool:
+    """Check a listing line's id, speaker and (when given) transcript; bad ones go to ``checker``."""
+    return (checker.ok(utt, check_id, utt, where) is not None
+            and checker.ok(utt, check_speaker, speaker, where) is not None
+            and (text is None or checker.ok(utt, check_text, text, where) is not None))
+
+
+def rows_to_pairs(rows: list[Row], checker: Checker, dev_fraction: float, test_fraction: float,
+                  language: str | None, listing: Path) -> Pairs:
+    """Pairs per split: ids made unique across the whole listing first (every copy of a
+    repeated id is a bad item), then rows without a split column split by speaker."""
+    rows = unique_ids(rows, lambda r: r.id, lambda r: r.where, checker)
+    if not rows:
+        raise checker.fatal(f"{listing}: no usable lines")
+    by_speaker = [r.speaker for r in rows if r.split is None]
+    try:
+        split_of = speaker_split(by_speaker, dev_fraction, test_fraction) if by_speaker else {}
+    except ValueError as e:
+        raise checker.fatal(f"{listing}: {e}") from None
+    pairs: Pairs = {"train": [], "dev": [], "test": []} if by_speaker else {}
+    for r in rows:
+        sup = SupervisionSegment(id=r.id, recording_id=r.id, start=0.0, duration=0.0, channel=0, text=r.text,
+                                 speaker=r.speaker, language=language)
+        pairs.setdefault(r.split or split_of[r.speaker], []).append((pending_recording(r.id, r.path), sup))
+    return pairs

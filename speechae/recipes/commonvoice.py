@@ -14,9 +14,8 @@ columns older releases lack added empty) and a symlink to the real ``clips/``.
 
 from __future__ import annotations
 
-import csv
-import shutil
 import logging
+import shutil
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -62,46 +61,70 @@ def _real_source(rec: Recording) -> Recording:
     return fastcopy(rec, sources=[fastcopy(src, source=str(Path(src.source).resolve()))])
 
 
-def _read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+def _read_tsv(path: Path, checker: Checker) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
+    """Header and ``(where, row)`` pairs of a Common Voice TSV (plain tab-separated, no quoting;
+    a byte-order mark is accepted).  A line that is not UTF-8 or has the wrong number of fields
+    goes to ``checker``."""
+    from speechae.recipes.common import text_lines
+
+    lines = iter(text_lines(path, checker))
+    header = next((line.split("\t") for _, _, line in lines), [])
+    rows = []
+    for where, _, line in lines:
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            checker.reject(fields[1] if len(fields) > 1 else where, where,
+                           f"malformed line: {len(fields)} fields, the header has {len(header)}")
+            continue
+        rows.append((where, dict(zip(header, fields))))
+    return header, rows
 
 
 def read_commonvoice(corpus_dir: str | Path, view_dir: str | Path, checker: Checker, language: str = "bn",
                      num_jobs: int = 1) -> Pairs:
-    """Pairs for train/dev/test of one language, via a filtered view and Lhotse's reader."""
+    """Pairs for train/dev/test of one language, via a filtered view and Lhotse's reader.
+
+    Before Lhotse reads anything, every row is checked here: clip name (a plain file name),
+    transcript, clip listed only once across the three splits, and the audio (decoded once;
+    the report is reused by stage 1's final check)."""
     from lhotse.recipes.commonvoice import prepare_commonvoice
 
-    from speechae.recipes.common import check_audio_files, fail
+    from speechae.data.validate import check_id, check_text
+    from speechae.recipes.common import unique_ids
 
     corpus_dir, view_dir = Path(corpus_dir), Path(view_dir)
     lang_dir = corpus_dir / language
     view_lang = view_dir / language
     view_lang.mkdir(parents=True, exist_ok=True)
+    tables = {}
     for split in SPLITS:
         tsv = lang_dir / f"{split}.tsv"
         if not tsv.is_file():
             raise FileNotFoundError(f"{tsv}: missing (Common Voice {language} release incomplete?)")
-        fields, rows = _read_tsv(tsv)
+        fields, rows = _read_tsv(tsv, checker)
         missing_cols = [c for c in ("client_id", "path", "sentence") if c not in fields]
         if missing_cols:
             raise ValueError(f"{tsv}: no column(s) {missing_cols}; is this a Common Voice TSV?")
-        paths = [str(lang_dir / "clips" / r["path"]) for r in rows]
-        errors = check_audio_files(paths, num_jobs)
-        keep = []
-        for row, path, err in zip(rows, paths, errors):
-            if err is None and not (row.get("sentence") or "").strip():
-                err = f"{tsv} [{row['path']}]: transcript is empty"
-            if err is not None:
-                checker.ok(Path(row["path"]).stem, fail, err)
-                continue
-            keep.append(row)
+        tables[split] = (fields, [(split, where, row) for where, row in rows])
+    everything = [x for _, rows in tables.values() for x in rows]
+    everything = [x for x in everything
+                  if checker.ok(Path(x[2]["path"]).stem, check_id, x[2]["path"], x[1]) is not None
+                  and checker.ok(Path(x[2]["path"]).stem, check_text, x[2].get("sentence"), x[1]) is not None]
+    everything = unique_ids(everything, lambda x: Path(x[2]["path"]).stem, lambda x: x[1], checker)
+    paths = [str(lang_dir / "clips" / row["path"]) for _, _, row in everything]
+    keep = {split: [] for split in SPLITS}
+    for (split, _, row), path, report in zip(everything, paths, checker.audio(paths, num_jobs)):
+        if isinstance(report, str):
+            checker.reject(Path(row["path"]).stem, path, report)
+        else:
+            keep[split].append(row)
+    for split, (fields, _) in tables.items():
         out_fields = fields + [c for c in _COLUMNS if c not in fields]
         with open(view_lang / f"{split}.tsv", "w", encoding="utf-8", newline="") as f:
             f.write("\t".join(out_fields) + "\n")
-            for row in keep:
+            for row in keep[split]:
                 f.write("\t".join(row.get(c) or "" for c in out_fields) + "\n")
     clips = view_lang / "clips"
     if clips.is_symlink() or clips.exists():

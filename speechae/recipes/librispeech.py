@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from speechae.recipes.archives import CorpusUnavailableError, extract_archive, fetch_archive, marker, network_available
 
 if TYPE_CHECKING:  # lhotse (and torch) load lazily: stage 0's offline failure must be instant
-    from speechae.data.validate import Checker, OnError
+    from speechae.data.validate import AudioPolicy, Checker, OnError
     from speechae.recipes.common import Pairs
 
 BASE_URL = "https://www.openslr.org/resources"
@@ -114,59 +114,60 @@ def download_librispeech(dl_dir: str | Path, dataset_parts: str = "mini_librispe
 
 
 def read_librispeech(corpus_dir: str | Path, parts: list[str], checker: Checker) -> Pairs:
-    """Pairs per recipe split.  Each ``.trans.txt`` line becomes one utterance through Lhotse's
-    per-utterance parser (the one ``prepare_librispeech`` uses), so one bad line or file can be
-    skipped instead of failing the whole part; missing audio is reported, not silently dropped.
+    """Pairs per recipe split, one per ``.trans.txt`` line (the fields Lhotse's
+    ``prepare_librispeech`` gives: speaker = first id field, language ``English``).  No audio is
+    opened here: stage 1 decodes every file once, later, and reports a missing one.  A bad line
+    (not UTF-8, no transcript, unsafe id) goes through ``checker``; ids are unique across parts.
     """
-    from lhotse.recipes.librispeech import parse_utterance
+    from lhotse import SupervisionSegment
 
-    from speechae.recipes.common import fail
+    from speechae.recipes.common import pending_recording, row_ok, text_lines, unique_ids
 
     corpus_dir = Path(corpus_dir)
-    pairs: Pairs = {}
+    found = []
     for part in parts:
         part_dir = corpus_dir / part
         if not part_dir.is_dir():
             raise FileNotFoundError(f"{part_dir}: LibriSpeech part missing; run stage 0 (download) first")
-        split = pairs.setdefault(SPLIT_OF[part], [])
         for trans in sorted(part_dir.rglob("*.trans.txt")):
-            with open(trans, encoding="utf-8") as f:
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    fields = line.split(maxsplit=1)
-                    if len(fields) < 2:
-                        checker.ok(f"{trans.name}:{i}", fail, f"{trans}:{i}: malformed line (no transcript): {line.strip()!r}")
-                        continue
-                    utt = fields[0]
-                    flac = part_dir / Path(utt.replace("-", "/")).parent / f"{utt}.flac"
-                    if not flac.is_file():
-                        checker.ok(utt, fail, f"{flac}: audio file is missing (listed in {trans})")
-                        continue
-                    try:
-                        result = parse_utterance(part_dir, line, {})
-                    except Exception as e:  # unreadable header: lhotse raises its own types
-                        checker.ok(utt, fail, f"{flac}: cannot read audio ({e})")
-                        continue
-                    if result is not None:
-                        split.append(result)
+            for where, _, line in text_lines(trans, checker):
+                if not line.strip():
+                    continue
+                fields = line.split(maxsplit=1)
+                utt = fields[0]
+                if len(fields) < 2:
+                    checker.reject(utt, where, f"malformed line (no transcript): {line.strip()[:80]!r}")
+                    continue
+                speaker = utt.split("-")[0]
+                if not row_ok(checker, utt, speaker, where, fields[1]):
+                    continue
+                flac = part_dir / Path(utt.replace("-", "/")).parent / f"{utt}.flac"
+                sup = SupervisionSegment(id=utt, recording_id=utt, start=0.0, duration=0.0, channel=0,
+                                         language="English", speaker=speaker, text=fields[1].strip())
+                found.append((SPLIT_OF[part], where, (pending_recording(utt, flac), sup)))
+    pairs: Pairs = {}
+    for split, _, pair in unique_ids(found, lambda x: x[2][1].id, lambda x: x[1], checker):
+        pairs.setdefault(split, []).append(pair)
+    for part in parts:  # every requested split exists, even if all its lines were bad
+        pairs.setdefault(SPLIT_OF[part], [])
     return pairs
 
 
 def prepare_librispeech(corpus_dir: str | Path, out_dir: str | Path, dataset_parts: str = "mini_librispeech",
                         prefix: str = "librispeech", on_error: OnError = "fail", num_jobs: int = 1,
-                        sample_rate: int = 16000) -> dict[str, int]:
+                        sample_rate: int = 16000, policy: AudioPolicy | None = None) -> dict[str, int]:
     """Stage 1: validated manifests for the recipe splits of ``dataset_parts``.
 
     ``corpus_dir`` is the ``LibriSpeech`` directory (or its parent).  Transcripts stay upper
-    case as distributed.  Returns utterances per split.
+    case as distributed.  ``policy``: see :class:`speechae.data.validate.AudioPolicy` (its
+    ``sample_rate`` is replaced by ``sample_rate``).  Returns utterances per split.
     """
-    from speechae.data.validate import Checker
+    from speechae.data.validate import Checker, current_policy
     from speechae.recipes.common import finish_manifests
 
     corpus_dir = Path(corpus_dir)
     if (corpus_dir / "LibriSpeech").is_dir():
         corpus_dir = corpus_dir / "LibriSpeech"
-    checker = Checker(on_error)
+    checker = Checker(on_error, policy=policy or current_policy())
     pairs = read_librispeech(corpus_dir, resolve_parts(dataset_parts), checker)
     return finish_manifests(pairs, out_dir, prefix, checker, sample_rate=sample_rate, num_jobs=num_jobs)

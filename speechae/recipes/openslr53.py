@@ -13,6 +13,8 @@ train/dev/test split: the recipe splits by speaker (:func:`speechae.recipes.comm
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -32,6 +34,7 @@ TOP = "asr_bengali"
 # member's CRC, see speechae.recipes.archives.verify_archive); an entry makes a download that
 # does not match it fail, exactly as for LibriSpeech.
 PUBLISHED_CHECKSUMS: dict[str, str] = {}
+_HEX2 = re.compile(r"[0-9a-fA-F]{2}")
 
 
 def archive_name(part: str) -> str:
@@ -86,16 +89,17 @@ def _extracted_copy(corpus: Path) -> bool:
 
 def read_openslr53(corpus_dir: str | Path, checker: Checker, dev_fraction: float = 0.02,
                    test_fraction: float = 0.02, require_all: bool = False) -> Pairs:
-    """Pairs per split from ``utt_spk_text.tsv``.
+    """Pairs per split from ``utt_spk_text.tsv``; no audio is opened here (stage 1 decodes
+    every file once, later).
 
-    A malformed line (not three tab-separated fields, empty id/speaker) and a listed utterance
-    whose ``.flac`` is missing go through ``checker`` (error, or a skip-list entry naming the
-    file and line).  When only some zips were downloaded, utterances of the absent
-    ``data/<xx>`` folders are ignored with one log line, unless ``require_all``.
+    A malformed line (not three tab-separated fields), an unsafe id (path separators,
+    whitespace, control characters, not hex), an unknown speaker, a bad transcript and an id
+    listed more than once go through ``checker`` (error, or a skip-list entry naming the line).
+    When only some zips were downloaded, the utterances of a zip none of whose ``data/<k>?``
+    folders exist (and that stage 0 did not extract) are dropped and listed, unless
+    ``require_all``; in a zip that is there, a missing file is an error.
     """
-    from lhotse import Recording, SupervisionSegment
-
-    from speechae.recipes.common import fail, speaker_split, tsv_rows
+    from speechae.recipes.common import Row, row_ok, rows_to_pairs, tsv_rows
 
     corpus_dir = Path(corpus_dir)
     if (corpus_dir / TOP).is_dir():
@@ -104,31 +108,31 @@ def read_openslr53(corpus_dir: str | Path, checker: Checker, dev_fraction: float
     if not tsv.is_file():
         raise FileNotFoundError(f"{tsv}: missing; run stage 0 (download) first")
     present = {d.name for d in (corpus_dir / "data").iterdir() if d.is_dir()} if (corpus_dir / "data").is_dir() else set()
-    rows, absent = [], 0
+    rows, absent = [], Counter()
+
+    def downloaded(part: str) -> bool:  # extracted by stage 0, or some folder of the zip is there
+        return marker(corpus_dir.parent, archive_name(part)).is_file() or any(d.startswith(part) for d in present)
+
     for where, line, fields in tsv_rows(tsv, checker):
-        if len(fields) != 3 or not fields[0].strip() or not fields[1].strip():
-            checker.ok(where, fail, f"{where}: malformed line, expected 'utt_id<TAB>speaker<TAB>text': {line!r}")
+        utt = fields[0].strip()
+        if len(fields) != 3:
+            checker.reject(utt or where, where, f"malformed line: expected 3 tab-separated fields "
+                                                f"(utt_id, speaker, text), found {len(fields)}: {line[:80]!r}")
             continue
-        utt, spk, text = (x.strip() for x in fields)
-        if utt[:2] not in present and not require_all:
-            absent += 1
+        spk, text = fields[1].strip(), fields[2].strip()
+        if not row_ok(checker, utt, spk, where, text):
             continue
-        flac = corpus_dir / "data" / utt[:2] / f"{utt}.flac"
-        if not flac.is_file():
-            checker.ok(utt, fail, f"{flac}: audio file is missing (listed at {where})")
+        folder = utt[:2]
+        if not _HEX2.fullmatch(folder):
+            checker.reject(utt, where, f"utterance id {utt!r} names no OpenSLR 53 folder (data/{folder})")
             continue
-        rows.append((utt, spk, text, flac))
+        if not require_all and folder not in present and not downloaded(folder[0]):
+            absent[folder[0]] += 1
+            checker.drop(utt, where, f"not downloaded: in {archive_name(folder[0])} (see --slr53-parts)")
+            continue
+        rows.append(Row(utt, spk, text, corpus_dir / "data" / folder / f"{utt}.flac", where))
     if absent:
-        logging.info("OpenSLR 53: %d listed utterance(s) are in zips not downloaded; ignored", absent)
-    split_of = speaker_split([r[1] for r in rows], dev_fraction, test_fraction)
-    pairs: Pairs = {"train": [], "dev": [], "test": []}
-    for utt, spk, text, flac in rows:
-        try:
-            rec = Recording.from_file(flac, recording_id=utt)
-        except Exception as e:  # unreadable header
-            checker.ok(utt, fail, f"{flac}: cannot read audio ({e})")
-            continue
-        sup = SupervisionSegment(id=utt, recording_id=utt, start=0.0, duration=rec.duration, channel=0,
-                                 text=text, speaker=spk, language="bn")
-        pairs[split_of[spk]].append((rec, sup))
-    return pairs
+        logging.info("OpenSLR 53: %d listed utterance(s) are in zips not downloaded (parts %s); listed as dropped",
+                     sum(absent.values()), ",".join(sorted(absent)))
+    pairs = rows_to_pairs(rows, checker, dev_fraction, test_fraction, "bn", tsv)
+    return {split: pairs.get(split, []) for split in ("train", "dev", "test")}

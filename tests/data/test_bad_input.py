@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from speechae.data.manifests import prepare_synth_manifests
-from speechae.data.validate import BadInputError, check_audio, check_text
+from speechae.data.validate import AudioPolicy, BadInputError, check_audio, check_text
 
 
 @pytest.fixture()
@@ -45,7 +45,7 @@ def _resample(path):
     (_corrupt, "cannot read audio header"),
     (_truncate, "truncated"),
     (_empty, "empty"),
-    (_resample, "sample rate 8000 Hz, expected 16000 Hz"),
+    (_resample, "sample rate 8000 Hz is below the minimum 16000 Hz"),
 ])
 def test_bad_audio_fails_naming_file_or_is_skipped(corpus, tmp_path, damage, message):
     wav, utt_id = _first_wav(corpus)
@@ -95,13 +95,15 @@ def test_failed_rerun_keeps_earlier_outputs(corpus, tmp_path):
 
 def test_check_helpers(tmp_path):
     wav = tmp_path / "ok.wav"
-    sf.write(str(wav), np.zeros(1600, dtype=np.float32), 16000)
-    assert check_audio(wav, 16000) == pytest.approx(0.1)
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(1600) / 16000)
+    sf.write(str(wav), tone.astype(np.float32), 16000)
+    report = check_audio(wav)
+    assert report.duration == pytest.approx(0.1) and report.channels == 1 and report.sample_rate == 16000
     with pytest.raises(BadInputError, match="missing"):
         check_audio(tmp_path / "nope.wav")
-    with pytest.raises(BadInputError, match="too short"):
-        sf.write(str(wav), np.zeros(10, dtype=np.float32), 16000)
-        check_audio(wav)
+    assert AudioPolicy().drop_reason(0.05).startswith("too short")
+    assert AudioPolicy().drop_reason(31.0).startswith("too long")
+    assert AudioPolicy(max_duration=0).drop_reason(3600.0) is None
     assert check_text("নমস্কার".encode(), "x") == "নমস্কার"
     with pytest.raises(BadInputError, match="missing"):
         check_text(None, "utt1")

@@ -37,7 +37,8 @@ def test_skip_lists_problems(damaged: tuple[Path, str, int], tmp_path: Path) -> 
     counts = prepare_bengali(dl, out, corpora="slr53", on_error="skip", dev_fraction=0.25, test_fraction=0.25)
     assert sum(counts.values()) == 4 * 2 - 1
     skipped = (out / "bengali_skipped.txt").read_text(encoding="utf-8")
-    assert f"utt_spk_text.tsv:{line}: malformed line" in skipped and f"{missing}.flac: audio file is missing" in skipped
+    assert f"utt_spk_text.tsv:{line}\tmalformed line" in skipped and f"{missing}.flac\taudio file is missing" in skipped
+    assert all(len(entry.split("\t")) == 3 for entry in skipped.splitlines())
     sups = load_manifest(out / "bengali_supervisions_train.jsonl.gz")
     recs = load_manifest(out / "bengali_recordings_train.jsonl.gz")
     assert all(s.language == "bn" and s.speaker and "।" not in s.text for s in sups)
