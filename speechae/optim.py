@@ -18,7 +18,6 @@ fractional).  It sets each group's ``lr`` for the coming update.  Both scheduler
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
@@ -35,6 +34,12 @@ class ScaledAdam(torch.optim.Optimizer):
     ``[-scalar_max, scalar_max]``.  ``clipping_scale``: gradients are clipped to
     ``clipping_scale`` times the median total norm of the last ``clipping_window`` steps
     (None disables).
+
+    Each group is updated by a fixed number of ``torch._foreach_*`` calls over its tensor lists
+    (no per-tensor Python loop around the math) and without host syncs: the norm history, the
+    clip factor and the per-tensor scale updates stay on the parameters' device.  The
+    per-parameter state keys are those of the original per-tensor version, whose results this
+    one reproduces to float rounding (tests/test_optim.py).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.045, betas: tuple[float, float] = (0.9, 0.98),
@@ -46,26 +51,48 @@ class ScaledAdam(torch.optim.Optimizer):
                         scalar_max=scalar_max)
         super().__init__(params, defaults)
         self.clipping_scale = clipping_scale
-        self.norm_history: deque[float] = deque(maxlen=clipping_window)
-        self.num_clipped = 0
+        self.clipping_window = clipping_window
+        # Ring buffer of recent total gradient norms, created on first use on the gradients'
+        # device; ``_num_norms`` counts appends (a host int that never depends on data).
+        self._norms: Tensor | None = None
+        self._num_norms = 0
+        self._num_clipped: Tensor | int = 0
 
-    def _clip_factor(self) -> float:
-        """Multiplier for all gradients this step (1.0 unless the norm is an outlier)."""
-        if self.clipping_scale is None:
-            return 1.0
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return 1.0
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
-        history = sorted(self.norm_history)
-        self.norm_history.append(norm)
-        if not math.isfinite(norm) or len(history) < 10:
-            return 1.0  # too little history for a robust median in the first steps
-        limit = self.clipping_scale * history[len(history) // 2]
-        if norm > limit:
-            self.num_clipped += 1
-            return limit / norm
-        return 1.0
+    @property
+    def norm_history(self) -> list[float]:
+        """Recent total gradient norms, oldest first (reads the device: not for the hot path)."""
+        n, w = self._num_norms, self.clipping_window
+        if self._norms is None or n == 0:
+            return []
+        if n <= w:
+            return self._norms[:n].tolist()
+        pos = n % w
+        return torch.cat([self._norms[pos:], self._norms[:pos]]).tolist()
+
+    @property
+    def num_clipped(self) -> int:
+        """Steps whose gradients were clipped so far (reads the device)."""
+        return int(self._num_clipped)
+
+    def _clip_factor(self, grads: list[Tensor]) -> Tensor | None:
+        """0-d multiplier for every gradient this step, or None where it is 1 for sure."""
+        if self.clipping_scale is None or not grads:
+            return None
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        w, n = self.clipping_window, self._num_norms
+        if self._norms is None:
+            self._norms = torch.zeros(w, dtype=torch.float32, device=norm.device)
+        filled = min(n, w)
+        # sorted(history)[len // 2] over the history *before* this step
+        median = self._norms[:filled].sort().values[filled // 2] if filled >= 10 else None
+        self._norms[n % w] = norm
+        self._num_norms = n + 1
+        if median is None:
+            return None  # too little history for a robust median in the first steps
+        limit = self.clipping_scale * median
+        clipped = torch.isfinite(norm) & (norm > limit)
+        self._num_clipped = self._num_clipped + clipped.long()
+        return torch.where(clipped, limit / norm, torch.ones_like(norm))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -74,54 +101,103 @@ class ScaledAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        clip = self._clip_factor()
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        clip = self._clip_factor([g.float() for g in grads])
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.float() * clip
-                if p.numel() == 1:
-                    self._scalar_step(p, grad, group)
-                else:
-                    self._tensor_step(p, grad, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            scalars = [p for p in params if p.numel() == 1]
+            tensors = [p for p in params if p.numel() != 1]
+            if scalars:
+                self._scalar_step(scalars, self._grads(scalars, clip), group)
+            if tensors:
+                self._tensor_step(tensors, self._grads(tensors, clip), group)
         return loss
 
-    def _moments(self, state: dict, name: str, value: Tensor, betas: tuple[float, float], eps: float) -> Tensor:
-        """Update Adam moments stored under ``name`` and return the bias-corrected direction."""
-        b1, b2 = betas
-        if name + "_avg" not in state:
-            state[name + "_avg"] = torch.zeros_like(value)
-            state[name + "_sq"] = torch.zeros_like(value)
-        avg, sq = state[name + "_avg"], state[name + "_sq"]
-        avg.mul_(b1).add_(value, alpha=1 - b1)
-        sq.mul_(b2).addcmul_(value, value, value=1 - b2)
-        t = state["step"]
-        return (avg / (1 - b1 ** t)) / ((sq / (1 - b2 ** t)).sqrt() + eps)
+    @staticmethod
+    def _grads(params: list[Tensor], clip: Tensor | None) -> list[Tensor]:
+        """fp32 gradients times the clip factor (read only; ``.grad`` itself is not changed)."""
+        grads = [p.grad.float() for p in params]
+        return grads if clip is None else torch._foreach_mul(grads, clip)
 
-    def _scalar_step(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        state = self.state[p]
-        state["step"] = state.get("step", 0) + 1
-        direction = self._moments(state, "grad", grad, group["betas"], group["eps"])
-        p.add_(direction.to(p.dtype), alpha=-group["lr"] * group["scalar_lr_scale"])
-        p.clamp_(-group["scalar_max"], group["scalar_max"])
+    def _states(self, params: list[Tensor], names: tuple[str, ...]) -> tuple[list[int], list[list[Tensor]]]:
+        """Advance every tensor's step count; return the counts and the moment buffers
+        ``state[name + "_avg"]`` / ``state[name + "_sq"]`` for each name (created as zeros)."""
+        steps, buffers = [], [[] for _ in range(2 * len(names))]
+        for p in params:
+            state = self.state[p]
+            state["step"] = state.get("step", 0) + 1
+            steps.append(state["step"])
+            for i, name in enumerate(names):
+                if name + "_avg" not in state:
+                    shape = p.shape if name == "grad" else ()
+                    state[name + "_avg"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+                    state[name + "_sq"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+                buffers[2 * i].append(state[name + "_avg"])
+                buffers[2 * i + 1].append(state[name + "_sq"])
+        return steps, buffers
 
-    def _tensor_step(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        state = self.state[p]
-        state["step"] = state.get("step", 0) + 1
-        lr, betas, eps = group["lr"], group["betas"], group["eps"]
-        pf = p.float()
-        rms = pf.pow(2).mean().sqrt().item()
-        scale_grad = (grad * pf).sum()
-        delta = -lr * group["scalar_lr_scale"] * self._moments(state, "scale", scale_grad, betas, eps).item()
-        if (rms >= group["param_max_rms"] and delta > 0) or (rms <= group["param_min_rms"] and delta < 0):
-            delta = 0.0
-        direction = self._moments(state, "grad", grad, betas, eps)
-        p.mul_(1.0 + delta)
-        p.add_(direction.to(p.dtype), alpha=-lr * max(rms, group["param_min_rms"]))
+    @staticmethod
+    def _update_moments(avg: list[Tensor], sq: list[Tensor], values: list[Tensor], b1: float, b2: float) -> None:
+        """avg <- b1 avg + (1 - b1) v;  sq <- b2 sq + (1 - b2) v^2 (in place)."""
+        torch._foreach_lerp_(avg, values, 1 - b1)
+        torch._foreach_mul_(sq, b2)
+        torch._foreach_addcmul_(sq, values, values, value=1 - b2)
+
+    @staticmethod
+    def _denominator(sq: list[Tensor], steps: list[int], b2: float, eps: float) -> list[Tensor]:
+        """``sqrt(sq) + eps * sqrt(1 - b2^t)``: the Adam direction
+        ``(avg / (1 - b1^t)) / (sqrt(sq / (1 - b2^t)) + eps)`` equals
+        ``avg / denominator * sqrt(1 - b2^t) / (1 - b1^t)`` (two passes fewer)."""
+        denom = torch._foreach_sqrt(sq)
+        torch._foreach_add_(denom, [eps * math.sqrt(1 - b2 ** t) for t in steps])
+        return denom
+
+    @staticmethod
+    def _host_or_device(values: Tensor) -> list:
+        """Per-tensor factors as host floats on CPU (the cheap scalar-list kernels; no device
+        to wait for), as 0-d device tensors elsewhere (no host sync)."""
+        return values.tolist() if values.device.type == "cpu" else list(values.unbind())
+
+    def _scalar_step(self, params: list[Tensor], grads: list[Tensor], group: dict) -> None:
+        (b1, b2), eps = group["betas"], group["eps"]
+        steps, (avg, sq) = self._states(params, ("grad",))
+        self._update_moments(avg, sq, grads, b1, b2)
+        denom = self._denominator(sq, steps, b2, eps)
+        lr = group["lr"] * group["scalar_lr_scale"]
+        torch._foreach_addcdiv_(params, avg, denom,
+                                [-lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) for t in steps])
+        torch._foreach_clamp_min_(params, -group["scalar_max"])
+        torch._foreach_clamp_max_(params, group["scalar_max"])
+
+    def _tensor_step(self, params: list[Tensor], grads: list[Tensor], group: dict) -> None:
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        min_rms, max_rms = group["param_min_rms"], group["param_max_rms"]
+        steps, (avg, sq, s_avg, s_sq) = self._states(params, ("grad", "scale"))
+        device = params[0].device
+        numel = torch.tensor([p.numel() for p in params], dtype=torch.float32, device=device)
+        rms = torch.stack(torch._foreach_norm(params)) / numel.sqrt()
+        # d loss / d log(scale) = sum(grad * p) per tensor: one fused read of both
+        scale_grads = [torch.dot(g.reshape(-1), p.reshape(-1)) for g, p in zip(grads, params)]
+        self._update_moments(s_avg, s_sq, scale_grads, b1, b2)
+        bc1 = torch.tensor([1 - b1 ** t for t in steps], dtype=torch.float32, device=device)
+        bc2 = torch.tensor([1 - b2 ** t for t in steps], dtype=torch.float32, device=device)
+        scale_dir = (torch.stack(s_avg) / bc1) / ((torch.stack(s_sq) / bc2).sqrt() + eps)
+        delta = scale_dir * (-lr * group["scalar_lr_scale"])
+        frozen = ((rms >= max_rms) & (delta > 0)) | ((rms <= min_rms) & (delta < 0))
+        delta = torch.where(frozen, torch.zeros_like(delta), delta)
+        self._update_moments(avg, sq, grads, b1, b2)
+        denom = self._denominator(sq, steps, b2, eps)
+        torch._foreach_mul_(params, self._host_or_device(1.0 + delta))
+        factor = -lr * rms.clamp_min(min_rms) * bc2.sqrt() / bc1
+        if device.type == "cpu":
+            torch._foreach_addcdiv_(params, avg, denom, factor.tolist())
+        else:
+            torch._foreach_div_(denom, list(factor.unbind()))
+            torch._foreach_addcdiv_(params, avg, denom)
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["clipping"] = {"history": list(self.norm_history), "num_clipped": self.num_clipped}
+        sd["clipping"] = {"history": self.norm_history, "num_clipped": self.num_clipped}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -129,9 +205,12 @@ class ScaledAdam(torch.optim.Optimizer):
         clipping = state_dict.pop("clipping", None)
         super().load_state_dict(state_dict)
         if clipping is not None:
-            self.norm_history.clear()
-            self.norm_history.extend(clipping["history"])
-            self.num_clipped = clipping["num_clipped"]
+            history = list(clipping["history"])[-self.clipping_window:]
+            device = next((p.device for g in self.param_groups for p in g["params"]), None)
+            self._norms = torch.zeros(self.clipping_window, dtype=torch.float32, device=device)
+            self._norms[:len(history)] = torch.tensor(history, dtype=torch.float32)
+            self._num_norms = len(history)
+            self._num_clipped = int(clipping["num_clipped"])
 
 
 class _Scheduler:

@@ -330,6 +330,30 @@ def zero_padded(x: Tensor, valid: Tensor | None) -> Tensor:
     return x * valid.unsqueeze(-1).to(x.dtype)
 
 
+class SharedDropout(nn.Module):
+    """Dropout whose mask is shared along one dimension (``shared_dim``, default the time axis
+    of a (B, T, C) tensor): each (sequence, channel) is kept or dropped for every frame, as in
+    the Zipformer reference's feed-forward and front-end dropout.  The mask is a (B, 1, C)
+    tensor instead of a full-size one, which costs T times less random numbers and memory."""
+
+    def __init__(self, p: float, shared_dim: int = 1) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p, self.shared_dim = float(p), shared_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        shape = list(x.shape)
+        shape[self.shared_dim] = 1
+        keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
+        return x * keep.div_(1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared_dim={self.shared_dim}"
+
+
 def sequence_keep_mask(batch: int, drop_rate: float, ref: Tensor) -> Tensor | None:
     """Per-sequence Bernoulli keep mask (B, 1, 1) for stochastic module skipping, or None."""
     if drop_rate <= 0.0:

@@ -1,0 +1,278 @@
+"""The whole training step, per preset and precision: throughput, breakdown, memory, FLOPs.
+
+    python bench/bench_step.py --presets tiny M --amp none bf16
+    python bench/bench_step.py --presets tiny M --compare-ref HEAD~3     # old vs new, one process
+
+The step is :meth:`Trainer.train_step` on the tiny recipe's configuration
+(``egs/mini/ae/conf/arms/<arm>.yaml``: reconstruction + masked-unit prediction + the arm's
+regularizer, ScaledAdam + Eden) with only ``model.preset`` changed, on one fixed batch of
+``--utts`` x ``--utt-seconds`` of random log-mel features (lengths 80-100 %, random unit
+targets).  Reported per configuration (medians over ``--rounds``):
+
+* ``audio_s_per_s`` of the whole step;
+* the step broken down: ``encoder`` (forward + backward of the encoder alone on the batch),
+  ``decoder`` (forward + backward of the decoder alone on a random latent), ``optimizer``
+  (``optimizer.step()`` alone) and ``rest`` = step - the three (bottleneck, losses, masking,
+  gradient clipping, the trainer's bookkeeping);
+* memory: CUDA peak allocated during the step, or on CPU the bytes autograd saves for
+  backward (unique storages; the activation memory that dominates training memory);
+* FLOPs of the step (forward + backward) counted by ``torch.utils.flop_counter`` with a
+  groups-aware ``convolution_backward`` (torch's own formula ignores ``groups`` in the weight
+  gradient and counts a depthwise conv as dense), and their share of the measured fp32 /
+  bf16 matmul roofline (a large square ``mm`` on the same threads).
+
+``--compare-ref REV`` extracts the ``speechae`` package at git revision ``REV`` as a
+separate package (``speechae_ref``) and runs the old and the new step alternately in the
+same process on the same batch, so machine noise hits both alike (the only fair A/B on a
+shared machine).  Use ``--threads 1`` on CPU (OpenMP barriers on an oversubscribed machine
+make small ops look far slower than they are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "egs" / "mini" / "ae" / "conf" / "arms"
+
+
+def load_reference(rev: str) -> str:
+    """Import the ``speechae`` package of git revision ``rev`` as ``speechae_ref`` and return
+    that name (absolute ``speechae`` imports inside it are rewritten)."""
+    out = Path(tempfile.mkdtemp(prefix="speechae_ref_"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "speechae"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    (out / "speechae").rename(out / "speechae_ref")
+    pattern = re.compile(r"^(\s*)(from|import) speechae(\b)", re.M)
+    for path in (out / "speechae_ref").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(pattern.sub(r"\1\2 speechae_ref\3", text), encoding="utf-8")
+    sys.path.insert(0, str(out))
+    importlib.import_module("speechae_ref")
+    return "speechae_ref"
+
+
+def make_batch(utts: int, utt_seconds: float, num_units: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random (B, T, 80) log-mel-like features, lengths 80-100 % of T, random unit targets."""
+    g = torch.Generator().manual_seed(seed)
+    t = int(utt_seconds * 100)
+    lens = torch.randint(int(0.8 * t), t + 1, (utts,), generator=g)
+    lens[0] = t
+    valid = torch.arange(t)[None, :] < lens[:, None]
+    x = (torch.randn(utts, t, 80, generator=g) * 2.0 - 5.0) * valid[..., None]
+    units = torch.randint(0, num_units, (utts, t), generator=g).masked_fill(~valid, -1)
+    return {"features": x, "feature_lens": lens, "units": units}
+
+
+def build_trainer(pkg: str, preset: str, arm: str, amp: str, device: torch.device) -> Any:
+    """A Trainer of package ``pkg`` (speechae or speechae_ref) on the tiny recipe's config."""
+    config = importlib.import_module(f"{pkg}.train.config")
+    distributed = importlib.import_module(f"{pkg}.train.distributed")
+    trainer = importlib.import_module(f"{pkg}.train.trainer")
+    cfg = config.load_experiment_config(CONF / f"{arm}.yaml", [f"model.preset={preset}", f"train.amp={amp}",
+                                                                f"train.device={device.type}"])
+    tmp = tempfile.mkdtemp(prefix="speechae_bench_step_")
+    return trainer.Trainer(cfg, tmp, distributed.DistEnv(device=device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+class StepParts:
+    """Closures timing the whole step and its parts for one trainer and batch."""
+
+    def __init__(self, trainer: Any, batch: dict[str, torch.Tensor]) -> None:
+        self.tr, self.batch = trainer, {k: v.to(trainer.device) for k, v in batch.items()}
+        self.model = trainer.model
+        feats = self.batch["features"]
+        with torch.no_grad():
+            enc = self.model.encoder(feats, self.batch["feature_lens"])
+        g = torch.Generator().manual_seed(1)
+        self.enc_grad = torch.randn(enc.x.shape, generator=g).to(feats.device)
+        self.z = torch.randn(*enc.x.shape[:2], self.model.decoder.in_proj.in_features, generator=g).to(feats.device)
+        self.z_lens = enc.lengths
+        self.dec_grad = torch.randn(feats.shape, generator=g).to(feats.device)
+
+    def step(self) -> None:
+        self.tr.train_step(self.batch)
+
+    def encoder(self) -> None:
+        with self.tr._autocast():
+            out = self.model.encoder(self.batch["features"], self.batch["feature_lens"]).x
+        (out.float() * self.enc_grad).sum().backward()
+
+    def decoder(self) -> None:
+        z = self.z.requires_grad_(True)
+        feats = self.batch["features"]
+        with self.tr._autocast():
+            out = self.model.decoder(z, self.z_lens, self.batch["feature_lens"], feats.shape[1])
+        (out.float() * self.dec_grad).sum().backward()
+
+    def optimizer(self) -> None:
+        self.tr.optimizer.step()
+
+    def forward_loss(self) -> torch.Tensor:
+        with self.tr._autocast():
+            loss, _ = self.tr.wrapped(self.batch, self.tr.step)
+        return loss
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the unique storages autograd saves for backward while ``fn()`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        with contextlib.suppress(RuntimeError, NotImplementedError):
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    loss.backward()
+    return sum(seen.values())
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape, **kwargs) -> int:
+    """Groups-aware: the input and the weight gradient each cost what the forward conv costs
+    (``w_shape`` already holds in_channels / groups)."""
+    fwd = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def step_flops(parts: StepParts) -> float:
+    """FLOPs of one forward + backward of the step's loss (optimizer excluded)."""
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        parts.forward_loss().backward()
+    parts.tr.optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_roofline(dtype: torch.dtype, device: torch.device, n: int = 1024, reps: int = 5) -> float:
+    """Measured FLOP/s of a large square matmul (the practical peak on these threads)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b, device) for _ in range(reps))
+    return 2 * n ** 3 / best
+
+
+def measure(variants: dict[str, StepParts], rounds: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """Alternate the variants round by round; medians of each timed part (seconds)."""
+    times: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
+    names = ("step", "encoder", "decoder", "optimizer")
+    for parts in variants.values():  # warm-up: allocator, lazy state, clipping history
+        for _ in range(2):
+            parts.step()
+    for _ in range(rounds):
+        for key, parts in variants.items():
+            for name in names:
+                if name == "optimizer":
+                    parts.step()  # fresh gradients for the optimizer's own timing
+                    fn = parts.optimizer
+                else:
+                    fn = getattr(parts, name)
+                if name in ("encoder", "decoder"):
+                    parts.tr.optimizer.zero_grad(set_to_none=True)
+                times[key].setdefault(name, []).append(_timed(fn, device))
+            parts.tr.optimizer.zero_grad(set_to_none=True)
+    out = {}
+    for key, t in times.items():
+        med = {name: statistics.median(v) for name, v in t.items()}
+        med["rest"] = max(med["step"] - med["encoder"] - med["decoder"] - med["optimizer"], 0.0)
+        out[key] = med
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "S", "M"])
+    ap.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16", "fp16"])
+    ap.add_argument("--arm", default="sigreg", choices=["none", "kl", "sigreg"])
+    ap.add_argument("--utts", type=int, default=4)
+    ap.add_argument("--utt-seconds", type=float, default=7.5)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compare-ref", default=None, metavar="REV",
+                    help="also run the speechae package of git revision REV, interleaved")
+    ap.add_argument("--no-flops", action="store_true")
+    ap.add_argument("--json", action="store_true", help="append results to bench/results/step.jsonl")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    pkgs = {"new": "speechae"}
+    if args.compare_ref:
+        pkgs = {"ref": load_reference(args.compare_ref), "new": "speechae"}
+    batch = make_batch(args.utts, args.utt_seconds, num_units=50)
+    audio = float(batch["feature_lens"].sum()) / 100.0
+    rows = []
+    for preset in args.presets:
+        for amp in args.amp:
+            variants = {k: StepParts(build_trainer(p, preset, args.arm, amp, device), batch) for k, p in pkgs.items()}
+            med = measure(variants, args.rounds, device)
+            mm_dtype = torch.bfloat16 if amp == "bf16" else torch.float16 if amp == "fp16" else torch.float32
+            peak = matmul_roofline(mm_dtype, device) if not args.no_flops else None
+            for key, parts in variants.items():
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                    parts.step()
+                    mem = torch.cuda.max_memory_allocated() / 2**20
+                else:
+                    mem = saved_bytes(parts.forward_loss) / 2**20
+                    parts.tr.optimizer.zero_grad(set_to_none=True)
+                m = med[key]
+                row = {"variant": key, "rev": args.compare_ref if key == "ref" else "worktree",
+                       "preset": preset, "amp": amp, "device": str(device), "threads": torch.get_num_threads(),
+                       "params_M": round(sum(p.numel() for p in parts.tr.module.parameters()) / 1e6, 2),
+                       "batch_audio_s": round(audio, 1), "audio_s_per_s": round(audio / m["step"], 2),
+                       **{f"{k}_ms": round(v * 1000, 1) for k, v in m.items()},
+                       "memory_mib": round(mem, 1)}
+                if not args.no_flops:
+                    flops = step_flops(parts)
+                    row["gflop_per_audio_s"] = round(flops / audio / 1e9, 3)
+                    row["roofline_share"] = round(flops / m["step"] / peak, 3)
+                rows.append(row)
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            if "ref" in med:
+                print(f"  speed-up new/ref preset={preset} amp={amp}: "
+                      f"step x{med['ref']['step'] / med['new']['step']:.2f}, "
+                      + ", ".join(f"{k} x{med['ref'][k] / max(med['new'][k], 1e-9):.2f}"
+                                  for k in ("encoder", "decoder", "optimizer")), flush=True)
+    if args.json:
+        out = REPO / "bench" / "results" / "step.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
