@@ -36,13 +36,25 @@ def fail_cleanly(fn, *args, **kwargs):  # noqa: ANN001, ANN202
               help="also write the downloadable archive form into OUT_DIR/archives/")
 @click.option("--librispeech-parts", default="train-clean-5,dev-clean-2", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--corrupt", is_flag=True,
+              help="slr53 only: a corrupted corpus with every kind of bad input stage 1 must catch (synthetic "
+                   "audio; OUT_DIR/corruptions.tsv lists each kind and its expected outcome)")
 def fixture_corpus(out_dir: str, layout: str, num_speakers: int, utts_per_speaker: int, archive: bool,
-                   librispeech_parts: str, seed: int) -> None:
+                   librispeech_parts: str, seed: int, corrupt: bool) -> None:
     """Write a small espeak-ng corpus laid out exactly like LibriSpeech / OpenSLR 53 / Common Voice / Bengali.AI."""
     from speechae.recipes.fixtures import write_fixture
 
     setup_logging()
     t0 = time.perf_counter()
+    if corrupt:
+        from speechae.recipes.corrupt import write_corrupt_slr53
+
+        if layout != "slr53":
+            raise click.BadParameter("--corrupt is implemented for --layout slr53 only", param_hint="--corrupt")
+        found = write_corrupt_slr53(out_dir, max(num_speakers, 5), utts_per_speaker, seed)
+        logging.info("corrupted fixture: %d kinds, %d clean utterances in %s (see corruptions.tsv)",
+                     len(found.corruptions), len(found.clean), out_dir)
+        return
     write_fixture(layout, out_dir, num_speakers, utts_per_speaker, archive, seed, tuple(librispeech_parts.split(",")))
     logging.info("fixture %s written to %s in %.1f s", layout, out_dir, time.perf_counter() - t0)
 

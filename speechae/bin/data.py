@@ -19,11 +19,13 @@ def audio_policy_options(fn):  # noqa: ANN001, ANN201
     fn = click.option("--min-duration", default=0.1, show_default=True,
                       help="seconds; shorter utterances are dropped and listed in <prefix>_skipped.txt")(fn)
     fn = click.option("--max-duration", default=30.0, show_default=True,
-                      help="seconds; longer utterances are dropped and listed in <prefix>_skipped.txt (0 = no limit)")(fn)
+                      help="seconds; longer utterances are dropped and listed in <prefix>_skipped.txt "
+                           "(0 = no limit)")(fn)
     return fn
 
 
-def make_policy(sample_rate: int, min_sample_rate: int | None, min_duration: float, max_duration: float):  # noqa: ANN201
+def make_policy(sample_rate: int, min_sample_rate: int | None, min_duration: float,
+                max_duration: float):  # noqa: ANN201
     """An AudioPolicy from the command-line options; a bad combination is a usage error."""
     from speechae.data.validate import AudioPolicy
 

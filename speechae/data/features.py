@@ -2,6 +2,10 @@
 
 Lhotse's ``Fbank`` (pure PyTorch, Kaldi-compatible) is the default; when ``kaldifeat`` is
 importable, ``KaldifeatFbank`` is used instead (same features, faster, GPU-capable).
+
+A multi-channel recording gives the features of its channel 0 (the channel policy of
+:class:`speechae.data.validate.AudioPolicy`).  When extraction fails, every failing cut is named
+with its file and reason (stage 1 should have caught it: rerun it).
 """
 
 from __future__ import annotations

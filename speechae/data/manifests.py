@@ -131,8 +131,9 @@ def _unique_across_splits(pairs: Pairs, checker: Checker) -> Pairs:
             if dup is None:
                 out[split].append((rec, sup))
             else:
-                checker.reject(sup.id, _path_or_id(rec), f"utterance id {dup!r} occurs {counts[dup]} times "
-                                                         f"(splits: {', '.join(sorted(splits[dup]))}); every copy dropped")
+                where = ", ".join(sorted(splits[dup]))
+                checker.reject(sup.id, _path_or_id(rec),
+                               f"utterance id {dup!r} occurs {counts[dup]} times (splits: {where}); every copy dropped")
     return out
 
 

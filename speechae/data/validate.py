@@ -303,7 +303,8 @@ def _scan_samples(path: Path, policy: AudioPolicy, block: int = 1 << 18) -> int:
         if lo == hi == 0.0:
             raise bad(path, "digital silence (every sample of channel 0 is 0)")
         if lo == hi or std < policy.silence_std:
-            raise bad(path, f"no signal: channel 0 is constant (DC {mean:+.3g}, std {std:.1e} < {policy.silence_std:g})")
+            raise bad(path, f"no signal: channel 0 is constant "
+                            f"(DC {mean:+.3g}, std {std:.1e} < {policy.silence_std:g})")
     return frames
 
 
@@ -402,8 +403,8 @@ class Problem:
         return "\t".join(one_line(x) for x in (self.item, self.path, self.reason))
 
     def describe(self) -> str:
-        """``path: reason`` (plus the id when the path does not show it)."""
-        tail = "" if self.item in self.path else f" [{one_line(self.item)}]"
+        """``path: reason [id]`` (the id left out when it is the file's name)."""
+        tail = "" if Path(self.path).stem == self.item else f" [{one_line(self.item)}]"
         return f"{one_line(self.path)}: {one_line(self.reason)}{tail}"
 
 

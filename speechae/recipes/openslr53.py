@@ -107,7 +107,8 @@ def read_openslr53(corpus_dir: str | Path, checker: Checker, dev_fraction: float
     tsv = corpus_dir / "utt_spk_text.tsv"
     if not tsv.is_file():
         raise FileNotFoundError(f"{tsv}: missing; run stage 0 (download) first")
-    present = {d.name for d in (corpus_dir / "data").iterdir() if d.is_dir()} if (corpus_dir / "data").is_dir() else set()
+    data = corpus_dir / "data"
+    present = {d.name for d in data.iterdir() if d.is_dir()} if data.is_dir() else set()
     rows, absent = [], Counter()
 
     def downloaded(part: str) -> bool:  # extracted by stage 0, or some folder of the zip is there

@@ -83,6 +83,27 @@ def test_bad_transcripts(corpus, tmp_path, edit, message):
     assert message.split()[0] in (tmp_path / "m" / "mini_skipped.txt").read_text(encoding="utf-8")
 
 
+def test_duplicate_id_under_another_speaker_and_one_pass(corpus, tmp_path):
+    # the first record again under the last speaker (a test speaker): before, it landed in train and test
+    path = corpus / "utterances.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    last = sorted({r["speaker"] for r in records})[-1]
+    lines.append(json.dumps({**records[0], "speaker": last}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _truncate(corpus / records[1]["audio"])
+    _empty(corpus / records[2]["audio"])
+    with pytest.raises(BadInputError) as err:
+        prepare_synth_manifests(corpus, tmp_path / "m", num_dev_speakers=1, num_test_speakers=1)
+    message = str(err.value)
+    assert message.startswith("4 bad item(s):") and message.count("is listed 2 times") == 2
+    assert "truncated" in message and "empty file (0 bytes)" in message
+    counts = prepare_synth_manifests(corpus, tmp_path / "m", num_dev_speakers=1, num_test_speakers=1, on_error="skip")
+    assert sum(counts.values()) == 21
+    skipped = (tmp_path / "m" / "mini_skipped.txt").read_text(encoding="utf-8").splitlines()
+    assert len(skipped) == 4 and all(len(line.split("\t")) == 3 for line in skipped)
+
+
 def test_failed_rerun_keeps_earlier_outputs(corpus, tmp_path):
     out = tmp_path / "m"
     prepare_synth_manifests(corpus, out, num_dev_speakers=1, num_test_speakers=1)
