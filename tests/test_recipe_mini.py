@@ -28,8 +28,8 @@ def test_mini_recipe_stages_0_to_3_and_idempotent_rerun(tmp_path, recipe_env):
     assert res.returncode == 0
     assert res.stderr.count("already done") == 4
     assert time.perf_counter() - t0 < 10
-
-
-def test_top_level_run_sh_forwards_arguments(recipe_env):
-    res = subprocess.run([str(REPO / "run.sh"), "--help"], capture_output=True, text=True, env=recipe_env)
-    assert res.returncode == 0 and "tiny synthetic English+Bengali recipe" in res.stdout
+    # a changed option reruns its stage (and only the stages after it)
+    res = subprocess.run(args[:-2] + ["--vocab-size", "80"], capture_output=True, text=True, env=recipe_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("already done") == 3
+    assert "Stage 3 (targets): rerun because its arguments changed: '--vocab-size 64' -> '--vocab-size 80'" in res.stderr

@@ -66,7 +66,8 @@ def test_new_recipe_stages_1_3(corpora: dict[str, Path], tmp_path: Path, recipe_
     root = tmp_path / "repo"
     (root / "egs").mkdir(parents=True)
     shutil.copytree(REPO / "tools", root / "tools")
-    shutil.copytree(REPO / "egs" / "librispeech" / "ae" / "conf", root / "egs" / "librispeech" / "ae" / "conf")
+    shutil.copytree(REPO / "egs" / "mini" / "ae" / "conf", root / "egs" / "mini" / "ae" / "conf")
+    shutil.copy(REPO / "egs" / "mini" / "ae" / "run.sh", root / "egs" / "mini" / "ae" / "run.sh")
     subprocess.run(["bash", str(root / "tools" / "new_recipe.sh"), "mylang"], check=True, capture_output=True)
     recipe = root / "egs" / "mylang" / "ae"
     assert {p.name for p in recipe.iterdir()} >= {"run.sh", "conf", "local", "README.md"}
@@ -98,3 +99,19 @@ def test_fixture_layouts(corpora: dict[str, Path]) -> None:
     bai = corpora["bengaliai"] / "bengaliai-speech"
     assert (bai / "train.csv").read_text().startswith("id,sentence,split\n") and any((bai / "train_mp3s").glob("*.mp3"))
     assert len(list((corpora["slr53"] / "archives").glob("asr_bengali_*.zip"))) == 16
+
+
+@pytest.mark.slow
+def test_hindi_recipe_stages_0_5_from_nothing(tmp_path: Path, recipe_tools) -> None:  # noqa: ANN001
+    """The recipe forked with tools/new_recipe.sh for Hindi: its own synthetic corpus (espeak-ng),
+    the shared stages, three arms trained a few steps, evaluated and compared."""
+    recipe_copy, run_recipe, check_prepared = recipe_tools
+    recipe = recipe_copy("hindi", tmp_path)
+    run_recipe(recipe, "--num-speakers", "5", "--utts-per-speaker", "4", "--num-clusters", "8",
+               "--model-size", "tiny", "--parallel-jobs", "2", "--train-threads", "1",
+               "--train-overrides", "train.max_steps=2 train.valid_every=2 train.save_every=2 train.average_every=1",
+               "--eval-args", "--probe-epochs 1 --token-probe-epochs 1 --baselines fbank", timeout=900)
+    check_prepared(recipe, "hindi", ["train", "dev", "test"])
+    for arm in ("none", "kl", "sigreg"):
+        assert (recipe / "exp" / f"tiny_{arm}_s1" / "eval" / "metrics.json").is_file()
+    assert (recipe / "exp" / "compare" / "compare.md").is_file()
