@@ -95,7 +95,8 @@ def download_corpus(recipe: str, dl_dir: str, dataset_parts: str, corpora: str, 
 @click.option("--dev-fraction", default=0.02, show_default=True, help="bengali slr53 / tsv: speakers held out for dev")
 @click.option("--test-fraction", default=0.02, show_default=True, help="bengali slr53 / tsv: speakers held out for test")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="bad audio/transcripts: stop, or skip and list them in <prefix>_skipped.txt")
+              help="bad items (all found in one pass): list them and stop, writing nothing; or drop them and "
+                   "list them in <prefix>_skipped.txt")
 @click.option("--nj", default=2, show_default=True, help="processes for audio checks")
 @audio_policy_options
 def prepare_corpus(recipe: str, dl_dir: str, out_dir: str, prefix: str | None, dataset_parts: str, corpora: str,

@@ -65,7 +65,8 @@ def synth_corpus(out_dir: str, num_speakers: int, utts_per_speaker: int, bn_frac
 @click.option("--num-dev-speakers", default=2, show_default=True)
 @click.option("--num-test-speakers", default=2, show_default=True)
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="bad audio/transcripts: stop with an error, or skip and list them in <prefix>_skipped.txt")
+              help="bad items (all found in one pass): list them and stop, writing nothing; or drop them and "
+                   "list them in <prefix>_skipped.txt")
 @click.option("--sample-rate", default=16000, show_default=True, help="target sample rate")
 @audio_policy_options
 def prepare_manifests(corpus_dir: str, out_dir: str, prefix: str, num_dev_speakers: int, num_test_speakers: int,
