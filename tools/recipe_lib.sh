@@ -70,7 +70,15 @@ _marker_num() {
   echo "${b%%.*}"
 }
 
-_sha() { sha256sum | cut -c1-16; }
+if command -v sha256sum > /dev/null; then
+  _sha() { sha256sum | cut -c1-16; }
+else
+  _sha() { shasum -a 256 | cut -c1-16; }
+fi
+# util-linux's setsid and flock (Linux); without them stages still run, but a signal reaches only
+# the stage's main process and two run.sh can run the same stage at once.
+_setsid=setsid; command -v setsid > /dev/null || _setsid=
+_flock=flock; command -v flock > /dev/null || _flock=
 
 marker_fresh() {
   # marker_fresh MARKER: true when MARKER exists and every marker it was made from still has
@@ -222,7 +230,7 @@ _stage_begin() {
   key=$(_sha <<< "$record")
   mkdir -p "$_s_dir"
   exec {_s_lockfd}>"$_s_lock"
-  if ! flock -n "$_s_lockfd"; then
+  if [ -n "$_flock" ] && ! flock -n "$_s_lockfd"; then
     exec {_s_lockfd}>&-
     die "$label is running in another process (lock $_s_lock held); wait for it or stop it"
   fi
@@ -283,7 +291,7 @@ _stage_spawn() {
   # The job closes the locks of the other jobs, so that each lock lives exactly as long as its stage.
   local close="" p
   for p in "${_active[@]}"; do close+=" ${_j_lockfd[$p]}"; done
-  _SPEECHAE_CLOSE_FDS=$close _SPEECHAE_PREFIX=$prefix setsid bash -c '
+  _SPEECHAE_CLOSE_FDS=$close _SPEECHAE_PREFIX=$prefix $_setsid bash -c '
     for fd in $_SPEECHAE_CLOSE_FDS; do eval "exec $fd>&-"; done
     unset _SPEECHAE_CLOSE_FDS
     if [ -z "$_SPEECHAE_PREFIX" ]; then exec "$@"; fi
@@ -405,7 +413,7 @@ stage_job() {
 run_cmd() {
   # run_cmd CMD...: a command without a marker, in its own session (killed with the recipe).
   local pid rc=0
-  setsid "$@" < /dev/null &
+  $_setsid "$@" < /dev/null &
   pid=$!
   _plain_pid=$pid
   wait "$pid" || rc=$?

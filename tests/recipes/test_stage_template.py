@@ -147,6 +147,20 @@ def test_stages_before_the_selected_ones_warn_when_their_options_changed(mini: R
     assert "warning: stage 0 (synth) is not selected, but its arguments changed" in res.stderr
 
 
+@pytest.mark.parametrize("name", ["librispeech", "bengali"])
+def test_a_changed_dl_dir_reruns_the_download_and_every_later_stage(tmp_path: Path, name: str) -> None:
+    recipe_dir = tmp_path / "egs" / name / "ae"
+    shutil.copytree(REPO / "egs" / name / "ae", recipe_dir, ignore=shutil.ignore_patterns("data", "exp"))
+    recipe = Recipe(tmp_path, recipe_dir)
+    recipe.run(*DATA, "--dl-dir", "a")
+    recipe.calls()
+    assert recipe.run(*DATA, "--dl-dir", "a").stderr.count("already done") == 4
+    res = recipe.run(*DATA, "--dl-dir", "b")
+    assert [c.split()[0] for c in recipe.calls()] == ["download-corpus", "prepare-corpus", "compute-fbank",
+                                                        "prepare-targets"]
+    assert f"Stage 0 (download): rerun because its arguments changed: '{name} a' -> '{name} b'" in res.stderr
+
+
 @pytest.mark.parametrize("command, stage", [("prepare-manifests", "1"), ("compute-fbank", "2"),
                                             ("prepare-targets", "3")])
 def test_a_failing_stage_leaves_the_previous_outputs_and_marker(mini: Recipe, command: str, stage: str) -> None:
