@@ -9,6 +9,13 @@ Layout written by :func:`synthesize_corpus` (the tiny recipe's stage 0)::
 
 Pseudo-speakers are (voice variant x pitch x rate); every speaker reads both languages, with an
 English accent of its own, so speaker and language are not confounded.
+
+Sentences of held-out speakers are unseen in training.  Stage 1 holds out the *last* speakers
+(sorted ids; 2 dev + 2 test in the tiny recipe, see
+:func:`speechae.data.manifests.split_speakers`), so the last ``private_speakers`` speakers
+(default 4) each read sentences that no other speaker reads: every sentence of a dev or test
+speaker is then absent from the training speakers' sentences, and a text probe cannot score
+by memorising training transcripts.  The other speakers share the rest of the sentence list.
 """
 
 from __future__ import annotations
@@ -85,6 +92,43 @@ def default_sentences(language: str) -> list[str]:
         return read_lines(path)
 
 
+def plan_utterances(speakers: list[Speaker], sentences: dict[str, list[str]], utts_per_speaker: int,
+                    bn_fraction: float = 0.5, seed: int = 0,
+                    private_speakers: int = 4) -> list[tuple[Speaker, str, str, str]]:
+    """``(speaker, language, utt_id, text)`` for every utterance of the corpus.
+
+    Each language's sentence list is split deterministically: the last ``private_speakers``
+    speakers (by sorted id) get disjoint private parts of ``n`` sentences each (n = that
+    speaker's utterances in the language); every other speaker draws from the remaining
+    shared sentences (without replacement when they suffice).  Raises ValueError when the
+    list is too short for the private parts."""
+    rng = random.Random(seed)
+    order = sorted(speakers, key=lambda s: s.id)
+    private = {s.id for s in order[len(order) - min(max(private_speakers, 0), len(order)):]}
+    n_bn = round(utts_per_speaker * bn_fraction)
+    counts = {"en": utts_per_speaker - n_bn, "bn": n_bn}
+    pools: dict[str, dict[str, list[str]]] = {}
+    for lang, n in counts.items():
+        pool = list(sentences[lang])
+        if n and not pool:
+            raise ValueError(f"no {lang} sentences to synthesize")
+        rng.shuffle(pool)
+        need = n * len(private)
+        if n and need >= len(pool):
+            raise ValueError(f"{len(pool)} {lang} sentences cannot give {len(private)} private speakers "
+                             f"{n} sentences each and leave any for the others")
+        parts = {sid: pool[k * n: (k + 1) * n] for k, sid in enumerate(sorted(private))}
+        shared = pool[need:]
+        pools[lang] = {s.id: parts.get(s.id, shared) for s in speakers}
+    plan = []
+    for spk in speakers:
+        for lang in ("en", "bn"):
+            n, pool = counts[lang], pools[lang][spk.id]
+            texts = rng.sample(pool, n) if n <= len(pool) else rng.choices(pool, k=n)
+            plan += [(spk, lang, f"{spk.id}-{lang}-{j:04d}", text) for j, text in enumerate(texts)]
+    return plan
+
+
 def _synth_one(job: tuple[str, str, str, str, int, int, int, str]) -> dict:
     from speechae.data.espeak import Espeak
 
@@ -114,11 +158,14 @@ def synthesize_corpus(
     seed: int = 0,
     sentences_en: list[str] | None = None,
     sentences_bn: list[str] | None = None,
+    private_speakers: int = 4,
 ) -> Path:
     """Synthesize the corpus into ``out_dir`` (built in a temporary directory, then moved).
 
     The default (12 speakers x 34 utterances) gives about 20 minutes of 16 kHz audio.
-    Returns ``out_dir``.  An existing complete corpus is replaced only when this succeeds.
+    ``private_speakers``: see :func:`plan_utterances` (at least the number of speakers stage 1
+    holds out).  Returns ``out_dir``.  An existing complete corpus is replaced only when this
+    succeeds.
     """
     out_dir = Path(out_dir)
     sentences = {
@@ -126,16 +173,7 @@ def synthesize_corpus(
         "bn": sentences_bn if sentences_bn is not None else default_sentences("bn"),
     }
     speakers = make_speakers(num_speakers, seed)
-    rng = random.Random(seed)
-    plan = []
-    for spk in speakers:
-        n_bn = round(utts_per_speaker * bn_fraction)
-        for lang, n in (("en", utts_per_speaker - n_bn), ("bn", n_bn)):
-            pool = sentences[lang]
-            if n and not pool:
-                raise ValueError(f"no {lang} sentences to synthesize")
-            for j, text in enumerate(rng.sample(pool, n) if n <= len(pool) else rng.choices(pool, k=n)):
-                plan.append((spk, lang, f"{spk.id}-{lang}-{j:04d}", text))
+    plan = plan_utterances(speakers, sentences, utts_per_speaker, bn_fraction, seed, private_speakers)
     with atomic_path(out_dir, is_dir=True) as tmp:
         jobs = []
         for spk, lang, utt_id, text in plan:

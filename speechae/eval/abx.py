@@ -1,26 +1,43 @@
-"""Phone ABX discrimination (Zero Resource / Libri-light style) on frame features.
+"""Phone ABX discrimination on frame features, Libri-light conventions (Kahn et al. 2020,
+``eval/ABX_src``; ZeroSpeech 2017/2021).
 
-An *item* is one phone occurrence: its centre phone, its context (previous and next phone) and
-speaker, and the feature frames of the segment widened by ``context_frames`` frames on each
-side (at 25 Hz a phone spans only 1-3 latent frames; one frame of context on each side keeps
-DTW meaningful and matches the Libri-light practice of scoring windows around the phone).
+**Items.**  An item is one phone occurrence: its centre phone, its context (previous and next
+phone), its speaker and the feature frames of a *time window*: the phone widened by
+``context_ms`` milliseconds on each side (clipped to the utterance), the same span of time for
+every system whatever its frame rate.  The item holds the frames whose centre ``(i + 1/2) / r``
+lies in the window.  (Libri-light's loader takes ``ceil(r*on - 1/2) <= i < floor(r*off - 1/2)``,
+which drops the last centred frame; a window holding no frame centre -- only possible for
+windows shorter than one frame -- takes the frame containing its midpoint, so every system
+scores the same items.)
 
-For a triplet (A, B, X): A and X share the centre phone, B has another centre phone, all three
-share the context.  The error is 1 when d(A, X) > d(B, X), 0.5 on a tie, else 0, with d the
-DTW alignment cost under the cosine distance ``1 - cos(u, v)`` averaged along the best path.
+**Distance.**  Angular distance between frames, ``arccos(cos(u, v)) / pi`` in [0, 1] (an
+all-zero frame is at distance 1 from any other frame and 0 from another zero frame), and
+between items the DTW alignment cost along the best path (steps: diagonal, horizontal,
+vertical) divided by the number of cells on that path (Libri-light ``dtw.pyx``, ties between
+predecessors broken diagonal, then horizontal, then vertical).
 
-* **within speaker**: A, B, X from one speaker;
-* **across speakers**: A and B from speaker s, X from another speaker s'.
+**Triplets.**  For A and X of one phone and B of another, all with the same context, the error
+is 1 when d(A, X) > d(B, X), 1/2 on a tie, else 0.
 
-Scores are averaged hierarchically: over triplets of a cell (context, speaker(s), phone pair),
-then over contexts, then over speakers, then over phone pairs.  Triplets are subsampled
-(``max_triplets_per_cell``, ``max_cells``) for speed; the number scored is reported.  When no
-cell has a shared context (tiny corpora) the context requirement is dropped and the result says
-``context: none``.
+* *within speaker*: A, B, X of one speaker, X != A; a cell is (context, speaker, phone A,
+  phone B); its score is the mean over its triplets.
+* *across speakers*: A and B of speaker s, X of another speaker s' (phone A, same context);
+  a cell is (context, s, s', phone A, phone B).
+
+**Averaging** (Libri-light ``eval_ABX.py``): within, the mean over contexts for each
+(speaker, phone A, phone B), then over speakers for each (phone A, phone B); across, the mean
+over (context, s') for each (s, phone A, phone B), then over s.  Finally the mean over all
+ordered phone pairs: (A, B) and (B, A) are both scored, which symmetrises the score.
+
+Speed (tiny CPU budgets): at most ``max_triplets_per_cell`` random triplets per cell and
+``max_cells`` random cells are scored (Libri-light samples at most 10 items per group and 5
+speakers X); the counts are reported.  When no cell has a shared context (tiny corpora) the
+context requirement is dropped and the result says ``context: none``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import permutations
@@ -39,36 +56,82 @@ class AbxItem:
     speaker: Hashable
 
 
-def dtw_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """DTW cost between (n, D) and (m, D) with cosine distance, averaged along the best path."""
-    an = a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-8)
-    bn = b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-8)
-    cost = 1.0 - an @ bn.T
-    n, m = cost.shape
-    acc = np.full((n + 1, m + 1), np.inf)
-    steps = np.zeros((n + 1, m + 1))
-    acc[0, 0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            cands = ((acc[i - 1, j - 1], steps[i - 1, j - 1]), (acc[i - 1, j], steps[i - 1, j]),
-                     (acc[i, j - 1], steps[i, j - 1]))
-            best, length = min(cands, key=lambda c: c[0])
-            acc[i, j] = best + cost[i - 1, j - 1]
-            steps[i, j] = length + 1
-    return float(acc[n, m] / steps[n, m])
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    zero = norm[..., 0] == 0
+    return x / np.where(norm == 0, 1.0, norm), zero
+
+
+def angular_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Frame-to-frame angular distance arccos(cos) / pi between (..., n, D) and (..., m, D)."""
+    ua, za = _unit_rows(a)
+    ub, zb = _unit_rows(b)
+    cos = np.clip(np.einsum("...id,...jd->...ij", ua, ub), -1.0, 1.0)
+    d = np.arccos(cos) / math.pi
+    za, zb = za[..., :, None], zb[..., None, :]
+    return np.where(za & zb, 0.0, np.where(za | zb, 1.0, d))
+
+
+def dtw_batch(dist: np.ndarray, n: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Path-normalised DTW of a batch of distance matrices (B, N, M), each valid on its
+    top-left (n_b, m_b) block; returns (B,).  See the module docstring for the recursion."""
+    b_size, nn_, mm = dist.shape
+    cost = np.full((b_size, nn_, mm), np.inf)
+    steps = np.zeros((b_size, nn_, mm))
+    cost[:, 0, 0], steps[:, 0, 0] = dist[:, 0, 0], 1.0
+    for i in range(nn_):
+        for j in range(mm):
+            if i == 0 and j == 0:
+                continue
+            # candidates in tie-break order: diagonal, horizontal (j-1), vertical (i-1)
+            cands = []
+            if i > 0 and j > 0:
+                cands.append((cost[:, i - 1, j - 1], steps[:, i - 1, j - 1]))
+            if j > 0:
+                cands.append((cost[:, i, j - 1], steps[:, i, j - 1]))
+            if i > 0:
+                cands.append((cost[:, i - 1, j], steps[:, i - 1, j]))
+            best_c, best_s = cands[0]
+            for c, s in cands[1:]:
+                better = c < best_c
+                best_c, best_s = np.where(better, c, best_c), np.where(better, s, best_s)
+            cost[:, i, j] = dist[:, i, j] + best_c
+            steps[:, i, j] = best_s + 1.0
+    idx = np.arange(b_size)
+    return cost[idx, n - 1, m - 1] / steps[idx, n - 1, m - 1]
+
+
+def dtw_angular(a: np.ndarray, b: np.ndarray) -> float:
+    """DTW distance between items (n, D) and (m, D) under the angular frame distance."""
+    return float(dtw_batch(angular_distance(a, b)[None], np.array([len(a)]), np.array([len(b)]))[0])
+
+
+def window_frames(start_s: float, end_s: float, frame_rate: float, num_frames: int) -> tuple[int, int]:
+    """[first, last) frames of rate ``frame_rate`` whose centres lie in [start_s, end_s);
+    an empty window takes the frame holding its midpoint.  (0, 0) when outside the features."""
+    eps = 1e-9  # 0.6 s * 25 Hz is 15.000000000000002 in floating point
+    s = max(0, math.ceil(frame_rate * start_s - 0.5 - eps))
+    e = min(num_frames, math.ceil(frame_rate * end_s - 0.5 - eps))
+    if e <= s:
+        mid = int(math.floor(frame_rate * 0.5 * (start_s + end_s)))
+        if not 0 <= mid < num_frames:
+            return 0, 0
+        s, e = mid, mid + 1
+    return s, e
 
 
 def phone_items(feats: np.ndarray, alignment: Sequence[tuple[str, float, float]], speaker: Hashable,
-                frame_rate: float, context_frames: int = 1) -> list[AbxItem]:
-    """Items of one utterance: ``alignment`` is (symbol, start_s, duration_s) per phone."""
+                frame_rate: float, context_ms: float = 40.0) -> list[AbxItem]:
+    """Items of one utterance: ``alignment`` is (symbol, start_s, duration_s) per phone, in
+    seconds from the start of the features; windows are widened by ``context_ms`` each side."""
     items = []
     n = len(feats)
+    end_of_utt = n / frame_rate
+    ctx = context_ms / 1000.0
     symbols = [a[0] for a in alignment]
     for k, (sym, start, dur) in enumerate(alignment):
-        # tolerance: 0.6 s * 25 Hz is 15.000000000000002 in floating point
-        s = int(np.floor(start * frame_rate + 1e-6)) - context_frames
-        e = int(np.ceil((start + dur) * frame_rate - 1e-6)) + context_frames
-        s, e = max(s, 0), min(max(e, s + 1), n)
+        s, e = window_frames(max(0.0, start - ctx), min(end_of_utt, start + dur + ctx), frame_rate, n)
         if e <= s:
             continue
         prev = symbols[k - 1] if k > 0 else "<s>"
@@ -78,35 +141,36 @@ def phone_items(feats: np.ndarray, alignment: Sequence[tuple[str, float, float]]
 
 
 class _Dist:
-    """Memoised DTW distances between items."""
+    """DTW distances between item pairs, computed in batches of similar sizes."""
 
-    def __init__(self, items: Sequence[AbxItem]) -> None:
+    def __init__(self, items: Sequence[AbxItem], chunk: int = 512) -> None:
         self.items = items
+        self.chunk = chunk
         self.cache: dict[tuple[int, int], float] = {}
 
+    def fill(self, pairs: set[tuple[int, int]]) -> None:
+        todo = sorted({(min(p), max(p)) for p in pairs} - set(self.cache),
+                      key=lambda p: (len(self.items[p[0]].feats), len(self.items[p[1]].feats)))
+        for c in range(0, len(todo), self.chunk):
+            block = todo[c: c + self.chunk]
+            n = np.array([len(self.items[i].feats) for i, _ in block])
+            m = np.array([len(self.items[j].feats) for _, j in block])
+            dim = self.items[block[0][0]].feats.shape[1]
+            a = np.zeros((len(block), n.max(), dim))
+            b = np.zeros((len(block), m.max(), dim))
+            for k, (i, j) in enumerate(block):
+                a[k, : n[k]] = self.items[i].feats
+                b[k, : m[k]] = self.items[j].feats
+            # padding frames are zero vectors; they sit outside each pair's valid block
+            for (i, j), d in zip(block, dtw_batch(angular_distance(a, b), n, m)):
+                self.cache[(i, j)] = float(d)
+
     def __call__(self, i: int, j: int) -> float:
-        key = (i, j) if i < j else (j, i)
-        if key not in self.cache:
-            self.cache[key] = dtw_cosine(self.items[key[0]].feats, self.items[key[1]].feats)
-        return self.cache[key]
-
-
-def _cell_error(a_idx: list[int], b_idx: list[int], x_idx: list[int], dist: _Dist, rng: np.random.Generator,
-                max_triplets: int) -> tuple[float, int]:
-    triplets = [(a, b, x) for a in a_idx for b in b_idx for x in x_idx if x != a]
-    if not triplets:
-        return float("nan"), 0
-    if len(triplets) > max_triplets:
-        triplets = [triplets[i] for i in rng.choice(len(triplets), max_triplets, replace=False)]
-    errs = []
-    for a, b, x in triplets:
-        dax, dbx = dist(a, x), dist(b, x)
-        errs.append(1.0 if dax > dbx else 0.5 if dax == dbx else 0.0)
-    return float(np.mean(errs)), len(triplets)
+        return self.cache[(i, j) if i < j else (j, i)]
 
 
 def _cells(items: Sequence[AbxItem], across: bool, use_context: bool) -> list[tuple]:
-    """(context, speaker_key, phone_a, phone_b, A ids, B ids, X ids) for every scorable cell."""
+    """(context, speaker of A/B, speaker of X, phone A, phone B, A ids, B ids, X ids)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         groups[(it.context if use_context else None, it.speaker, it.phone)].append(i)
@@ -117,28 +181,42 @@ def _cells(items: Sequence[AbxItem], across: bool, use_context: bool) -> list[tu
     for ctx, spk in by_ctx_spk:
         speakers_by_ctx[ctx].add(spk)
     cells = []
-    for (ctx, spk), phones in by_ctx_spk.items():
-        for pa, pb in permutations(phones, 2):
+    for (ctx, spk), phones in sorted(by_ctx_spk.items(), key=lambda kv: repr(kv[0])):
+        for pa, pb in permutations(sorted(phones, key=repr), 2):
             if not across:
                 if len(phones[pa]) >= 2:
-                    cells.append((ctx, spk, pa, pb, phones[pa], phones[pb], phones[pa]))
+                    cells.append((ctx, spk, spk, pa, pb, phones[pa], phones[pb], phones[pa]))
                 continue
-            for spk_x in speakers_by_ctx[ctx] - {spk}:
+            for spk_x in sorted(speakers_by_ctx[ctx] - {spk}, key=repr):
                 xs = by_ctx_spk[(ctx, spk_x)].get(pa)
                 if xs:
-                    cells.append((ctx, (spk, spk_x), pa, pb, phones[pa], phones[pb], xs))
+                    cells.append((ctx, spk, spk_x, pa, pb, phones[pa], phones[pb], xs))
     return cells
 
 
-def _hierarchical_mean(scored: list[tuple[Hashable, Hashable, Hashable, float]]) -> float:
-    """scored: (context, speaker key, phone pair, error) -> mean over context, speaker, pair."""
-    by_sp: dict[tuple, list[float]] = defaultdict(list)
-    for ctx, spk, pair, err in scored:
-        by_sp[(spk, pair)].append(err)
-    by_pair: dict[Hashable, list[float]] = defaultdict(list)
-    for (spk, pair), errs in by_sp.items():
-        by_pair[pair].append(float(np.mean(errs)))
-    return float(np.mean([np.mean(v) for v in by_pair.values()]))
+def _triplets(a_ids: list[int], b_ids: list[int], x_ids: list[int], rng: np.random.Generator,
+              max_triplets: int) -> list[tuple[int, int, int]]:
+    trip = [(a, b, x) for a in a_ids for b in b_ids for x in x_ids if x != a]
+    if len(trip) > max_triplets:
+        trip = [trip[i] for i in rng.choice(len(trip), max_triplets, replace=False)]
+    return trip
+
+
+def _mean_of_means(scores: dict[tuple, float], inner: int) -> dict[tuple, float]:
+    """Group keys by their first ``inner`` fields and average each group's values."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for key, v in scores.items():
+        groups[key[:inner]].append(v)
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def abx_aggregate(cell_errors: dict[tuple, float]) -> float:
+    """Libri-light averaging of cell errors keyed ``(phone A, phone B, speaker, speaker X,
+    context)``: mean over (context, speaker X), then over speaker, then over phone pairs.
+    (Within speaker, speaker X is the speaker itself, so the first mean is over contexts.)"""
+    per_speaker = _mean_of_means(cell_errors, 3)  # (pa, pb, s)
+    per_pair = _mean_of_means(per_speaker, 2)  # (pa, pb)
+    return float(np.mean(list(per_pair.values())))
 
 
 def abx_error(items: Sequence[AbxItem], across: bool = False, max_triplets_per_cell: int = 5,
@@ -150,20 +228,23 @@ def abx_error(items: Sequence[AbxItem], across: bool = False, max_triplets_per_c
     rng = np.random.default_rng(seed)
     cells = _cells(items, across, use_context)
     if not cells and use_context:
-        out = abx_error(items, across, max_triplets_per_cell, max_cells, seed, use_context=False)
-        return out
+        return abx_error(items, across, max_triplets_per_cell, max_cells, seed, use_context=False)
     if not cells:
         raise ValueError("no ABX cell: need two phones (and, across, two speakers) with repeats")
     if len(cells) > max_cells:
         cells = [cells[i] for i in sorted(rng.choice(len(cells), max_cells, replace=False))]
-    dist = _Dist(items)
-    scored, total = [], 0
-    for ctx, spk, pa, pb, a_ids, b_ids, x_ids in cells:
-        err, n = _cell_error(a_ids, b_ids, x_ids, dist, rng, max_triplets_per_cell)
-        if n:
-            scored.append((ctx, spk, (pa, pb), err))
-            total += n
-    if not scored:
+    sampled = [(c, _triplets(c[5], c[6], c[7], rng, max_triplets_per_cell)) for c in cells]
+    sampled = [(c, t) for c, t in sampled if t]
+    if not sampled:
         raise ValueError("no ABX triplet could be formed")
-    return {"error": _hierarchical_mean(scored), "num_triplets": total, "num_cells": len(scored),
-            "context": "triphone" if use_context else "none"}
+    dist = _Dist(items)
+    dist.fill({(a, x) for _, t in sampled for a, _, x in t} | {(b, x) for _, t in sampled for _, b, x in t})
+    cell_errors: dict[tuple, float] = {}
+    for (ctx, spk, spk_x, pa, pb, *_), trip in sampled:
+        errs = []
+        for a, b, x in trip:
+            dax, dbx = dist(a, x), dist(b, x)
+            errs.append(1.0 if dax > dbx else 0.5 if dax == dbx else 0.0)
+        cell_errors[(pa, pb, spk, spk_x, ctx)] = float(np.mean(errs))
+    return {"error": abx_aggregate(cell_errors), "num_triplets": sum(len(t) for _, t in sampled),
+            "num_cells": len(sampled), "context": "triphone" if use_context else "none"}

@@ -8,7 +8,8 @@ contract.  Every system maps utterances to frame features through one interface,
 * :class:`ModelEncoder`: a SpeechAE (trained, or randomly initialised as a baseline): latents
   (Gaussian mean), log-variances, reconstructions, optionally every encoder stack;
 * :class:`FbankEncoder` / :class:`MFCCEncoder`: the input log-mel, and its first 13 DCT-II
-  coefficients (Kaldi-style MFCC without liftering, computed from the same fbank);
+  coefficients (Kaldi-style MFCC without liftering, computed from the same fbank with
+  :func:`speechae.losses.prism.dct_matrix`);
 * :class:`HFEncoder`: a Hugging Face wav2vec 2.0 / HuBERT / WavLM checkpoint from a local
   directory, run on the cuts' waveforms (16 kHz).
 """
@@ -25,7 +26,8 @@ from lhotse import CutSet
 from tqdm import tqdm
 
 from speechae.data.datamodule import AEDataset, Labels
-from speechae.eval.reconstruction import dct_matrix
+from speechae.losses.masking import lengths_to_mask
+from speechae.losses.prism import dct_matrix
 
 
 @dataclass
@@ -109,6 +111,12 @@ def _batches(utts: Sequence[Utterance], max_frames: int) -> list[list[int]]:
     return out
 
 
+def _unpad(x: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
+    """The valid frames of each sequence of a padded batch (B, T, C) as float32 arrays."""
+    valid = x[lengths_to_mask(lengths.to(x.device), x.shape[1])].float().cpu()
+    return [t.numpy() for t in torch.split(valid, [int(n) for n in lengths])]
+
+
 class FeatureEncoder:
     """A system under evaluation: ``encode(utts, with_recon)`` -> :class:`Encoded`."""
 
@@ -145,7 +153,7 @@ class MFCCEncoder(FeatureEncoder):
         self.num_ceps = num_ceps
 
     def encode(self, utts: Sequence[Utterance], with_recon: bool = False) -> Encoded:
-        m = dct_matrix(utts[0].log_mel.shape[1], self.num_ceps).astype(np.float32).T
+        m = dct_matrix(utts[0].log_mel.shape[1])[: self.num_ceps].numpy().T
         return Encoded([u.log_mel.astype(np.float32) @ m for u in utts], 100.0)
 
     def resources(self) -> dict[str, float]:
@@ -183,13 +191,14 @@ class ModelEncoder(FeatureEncoder):
             else:  # encoder only: the decoder is not needed for probes
                 enc = self.model.encode(x, lens)
                 z, zlens, lv = enc.z, enc.z_lengths, None
-            for b, i in enumerate(idx):
-                zl, tl = int(zlens[b]), int(lens[b])
-                feats[i] = z[b, :zl].float().numpy()
-                if lv is not None:
-                    logvar[i] = lv[b, :zl].float().numpy()
-                if with_recon:
-                    recon[i] = out.recon[b, :tl].float().numpy()
+            for i, f in zip(idx, _unpad(z, zlens)):
+                feats[i] = f
+            if lv is not None:
+                for i, f in zip(idx, _unpad(lv, zlens)):
+                    logvar[i] = f
+            if with_recon:
+                for i, f in zip(idx, _unpad(out.recon, lens)):
+                    recon[i] = f
             if self.stacks:
                 self._add_stacks(stacks, idx, x, lens, n)
         has_logvar = n > 0 and logvar[0] is not None
@@ -200,8 +209,8 @@ class ModelEncoder(FeatureEncoder):
         enc = self.model.encode(x, lens, return_stacks=True)
         for k, st in enumerate(enc.stacks or []):
             rate, arrays = stacks.setdefault(f"stack{k}", (float(st.frame_rate), [None] * n))
-            for b, i in enumerate(idx):
-                arrays[i] = st.x[b, : int(st.lengths[b])].float().numpy()
+            for i, f in zip(idx, _unpad(st.x, st.lengths)):
+                arrays[i] = f
 
     def resources(self) -> dict[str, float]:
         from speechae.eval.resources import model_resources
@@ -255,7 +264,7 @@ class HFEncoder(FeatureEncoder):
         return Encoded(feats, self.frame_rate)
 
     def resources(self) -> dict[str, float]:
-        from speechae.eval.resources import count_parameters, flops_per_second
+        from speechae.utils.modelstats import count_parameters, flops_per_second
 
         wav = torch.randn(1, self.sampling_rate * 2, device=self.device)
         gflops = flops_per_second(lambda: self.model(wav), 2.0) / 1e9

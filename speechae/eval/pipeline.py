@@ -31,8 +31,8 @@ from speechae.eval.geometry import plot_pca, plot_spectra
 from speechae.eval.reconstruction import mean_spectrum_metrics, plot_spectrograms
 from speechae.eval.report import build_report, plot_summary, plot_training_curve
 from speechae.eval.resources import read_metrics_jsonl, training_resources
-from speechae.eval.suite import EvalConfig, EvalData, score_system
-from speechae.eval.units import phones_at_rate
+from speechae.eval.suite import EvalConfig, EvalData, chance_levels, score_system
+from speechae.eval.units import labels_at_rate
 from speechae.utils.io import atomic_path
 
 log = logging.getLogger("speechae.eval")
@@ -103,7 +103,7 @@ def _figures(result: Any, data: EvalData, spectra: dict[str, Any], out_dir: Path
         figs["input vs reconstruction"] = plot_spectrograms(pairs, out_dir / "spectrograms.png").name
     figs["covariance spectrum"] = plot_spectra(spectra, out_dir / "covariance_spectrum.png").name
     if data.labels.phones is not None and all(u.phones is not None for u in data.test):
-        labels = np.concatenate([phones_at_rate(u.phones, len(f), test.frame_rate)
+        labels = np.concatenate([labels_at_rate(u.phones, len(f), test.frame_rate)
                                  for u, f in zip(data.test, test.feats)])
         names = {v: k for k, v in data.labels.phones.items()}
         figs["PCA by phone"] = plot_pca(np.concatenate(test.feats), labels, names, out_dir / "pca_phones.png",
@@ -128,6 +128,7 @@ def evaluate_system(system: FeatureEncoder, data: EvalData, out_dir: str | Path,
     if "reconstruction" in metrics:
         metrics["reconstruction"]["reference"] = mean_spectrum_metrics([u.log_mel for u in data.test],
                                                                        data.global_mean)
+    metrics["chance"] = chance_levels(metrics)
     records = read_metrics_jsonl(Path(exp_dir) / "log" / "metrics.jsonl") if exp_dir else []
     if exp_dir is not None and (train_res := training_resources(exp_dir)):
         metrics["resources"]["training"] = train_res
@@ -166,8 +167,16 @@ def load_experiment_model(exp_dir: str | Path, weights: str = "window") -> tuple
     weights over the steps between the oldest and newest kept checkpoint, from their running
     averages (falls back to ``running`` with fewer than two checkpoints); ``running`` -- the
     newest checkpoint's running average since step 0 (on short runs it still carries the early,
-    near-random weights: on the tiny recipe it costs ~3 dB LSD); ``raw`` -- the newest weights."""
-    from speechae.models import build_model
+    near-random weights: on the tiny recipe it costs ~3 dB mel-LSD); ``raw`` -- the newest weights.
+
+    An average that was never updated is the *initial* model: the trainer updates it every
+    ``train.average_every`` steps, so a run shorter than that (``avg_step`` 0), or a window
+    whose checkpoints hold the same ``avg_step``, has no average to give.  Then the raw newest
+    weights are used instead and ``info["weights_note"]`` says so (the report shows it).
+
+    The model is built and loaded by :func:`speechae.train.checkpoint.load_model_from_checkpoint`
+    (raw weights); an average replaces its state dict.
+    """
     from speechae.train.checkpoint import (average_checkpoints, cast_like, list_checkpoints, load_checkpoint,
                                            load_model_from_checkpoint)
 
@@ -176,21 +185,33 @@ def load_experiment_model(exp_dir: str | Path, weights: str = "window") -> tuple
     exp_dir = Path(exp_dir)
     ckpt_dir = exp_dir / "checkpoints" if (exp_dir / "checkpoints").is_dir() else exp_dir
     paths = [p for _, p in list_checkpoints(ckpt_dir)]
-    step = int(load_checkpoint(exp_dir).get("step", 0))
+    newest = load_checkpoint(exp_dir)
+    step, avg_step = int(newest.get("step", 0)), int(newest.get("avg_step", 0) or 0)
+    model, config = load_model_from_checkpoint(exp_dir, averaged=False)
+    info: dict[str, Any] = {"checkpoint_step": step, "weights": "raw"}
+    if weights == "raw":
+        return model, config, info
+    avg, label = None, ""
     if weights == "window" and len(paths) >= 2:
+        first = load_checkpoint(paths[0])
+        s0 = int(first.get("avg_step", 0) or 0)
         try:
-            avg = average_checkpoints(paths, use_averaged=True)
-        except ValueError as e:  # no running averages stored
-            log.warning("window average impossible (%s); using the running average", e)
-        else:
-            model = build_model(avg["config"]["model"])
-            model.load_state_dict(cast_like(avg["model"], model.state_dict()))
-            model.set_batch_count(float(step))
-            first = int(load_checkpoint(paths[0]).get("step", 0))
-            return model.eval(), avg["config"], {"checkpoint_step": step, "weights": f"window ({first}, {step}]"}
-    model, config = load_model_from_checkpoint(exp_dir, averaged=weights != "raw")
-    label = "raw" if weights == "raw" else f"running average [0, {step}]"
-    return model, config, {"checkpoint_step": step, "weights": label}
+            avg = average_checkpoints(paths, use_averaged=True)["model"]
+            label = f"window ({s0}, {avg_step}]"
+        except ValueError as e:  # no running averages stored, or no update between the two
+            log.warning("window average impossible (%s); trying the running average", e)
+    if avg is None and newest.get("model_avg") is not None and avg_step > 0:
+        avg, label = newest["model_avg"], f"running average [0, {avg_step}]"
+    if avg is None:
+        why = (f"the averaged model was never updated (avg_step {avg_step}: the run's {step} steps are fewer "
+               f"than train.average_every), so it would be the initial weights" if newest.get("model_avg") is not None
+               else "the checkpoint holds no averaged model")
+        info["weights_note"] = f"{weights} weights requested but {why}; scored the raw step-{step} weights instead"
+        log.warning("%s: %s", exp_dir, info["weights_note"])
+        return model, config, info
+    model.load_state_dict(cast_like(avg, model.state_dict()))
+    info["weights"] = label
+    return model.eval(), config, info
 
 
 def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None,

@@ -3,9 +3,15 @@
 * :func:`train_ctc_probe` / :func:`ctc_probe_error`: a linear layer or a small BiLSTM on frozen,
   standardised frame features, trained with CTC (blank = 0) on one split and scored by greedy
   decoding on another; the error is the edit distance summed over utterances divided by the
-  summed reference length (PER for phones, CER/WER for text).
+  summed reference length (PER for phones, CER/WER for text).  An utterance whose label
+  sequence cannot be aligned by CTC in the probe's frames (U labels need U frames plus one blank
+  between equal neighbours: :func:`speechae.losses.semantic.ctc_min_frames`, the training
+  objective's own count) is left out of probe training and counted (``infeasible_train``;
+  ``infeasible_test`` for the scored split, where it costs at least one error) -- torch's
+  ``zero_infinity`` would otherwise drop it silently.
 * :func:`classification_probe`: multinomial logistic regression on mean-pooled features
-  (speaker ID, language ID).
+  (speaker ID, language ID).  :func:`stratified_split` makes its train/test split inside each
+  stratum (e.g. every (speaker, language) pair), so both halves hold every stratum.
 
 Probes are deliberately small and trained briefly: they measure what is *linearly* (or nearly)
 available in the features, not what a large head could learn.
@@ -14,13 +20,15 @@ available in the features, not what a large head could learn.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from speechae.losses.semantic import ctc_min_frames
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
@@ -137,11 +145,33 @@ def _pad_batch(feats: Sequence[np.ndarray], repeat: int) -> tuple[torch.Tensor, 
     return x, lens
 
 
+def ctc_feasible(num_frames: Sequence[int], targets: Sequence[Sequence[int]]) -> np.ndarray:
+    """Bool (N,): whether each label sequence fits a CTC alignment of that many frames."""
+    if not targets:
+        return np.zeros(0, dtype=bool)
+    lens = torch.tensor([len(t) for t in targets])
+    padded = torch.zeros(len(targets), max(int(lens.max()), 1), dtype=torch.long)
+    for i, t in enumerate(targets):
+        padded[i, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+    return (torch.as_tensor(list(num_frames)) >= ctc_min_frames(padded, lens)).numpy()
+
+
+def probe_frames(feats: Sequence[np.ndarray], frame_rate: float, cfg: "ProbeConfig") -> list[int]:
+    """Frames each utterance has at the probe's input (after pooling and repetition)."""
+    pooled, repeat = _rate_adapt(feats, frame_rate, cfg)
+    return [len(f) * repeat for f in pooled]
+
+
 def train_ctc_probe(feats: Sequence[np.ndarray], targets: Sequence[Sequence[int]], num_classes: int,
                     frame_rate: float, cfg: ProbeConfig = ProbeConfig(),
                     desc: str = "ctc probe") -> tuple[CTCProbe, Standardizer]:
-    """Train a CTC probe on (T_i, D) feature arrays and their label sequences (ids >= 1)."""
-    keep = [i for i, t in enumerate(targets) if len(t) > 0 and len(feats[i]) > 0]
+    """Train a CTC probe on (T_i, D) feature arrays and their label sequences (ids >= 1).
+
+    Empty utterances and CTC-infeasible ones (see the module docstring) are left out."""
+    ok = ctc_feasible(probe_frames(feats, frame_rate, cfg), targets)
+    keep = [i for i, t in enumerate(targets) if len(t) > 0 and len(feats[i]) > 0 and ok[i]]
+    if not keep:
+        raise ValueError("no utterance fits a CTC alignment at this frame rate")
     feats, repeat = _rate_adapt([feats[i] for i in keep], frame_rate, cfg)
     targets = [targets[i] for i in keep]
     norm = Standardizer(feats)
@@ -152,7 +182,7 @@ def train_ctc_probe(feats: Sequence[np.ndarray], targets: Sequence[Sequence[int]
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps = cfg.epochs * math.ceil(len(feats) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
-    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)  # a guard only: infeasible utterances are out
     probe.train()
     for _ in tqdm(range(cfg.epochs), desc=desc, leave=False, disable=None):
         order = torch.randperm(len(feats), generator=g).tolist()
@@ -185,14 +215,29 @@ def ctc_decode(probe: CTCProbe, norm: Standardizer, feats: Sequence[np.ndarray],
     return hyps
 
 
+@dataclass
+class CTCProbeResult:
+    """Label error rate on the scored split, its hypotheses, and the CTC-infeasible counts."""
+
+    error: float
+    hyps: list[list[int]] = field(default_factory=list)
+    infeasible_train: int = 0
+    infeasible_test: int = 0
+    num_train: int = 0
+    num_test: int = 0
+
+
 def ctc_probe_error(train_feats: Sequence[np.ndarray], train_targets: Sequence[Sequence[int]],
                     test_feats: Sequence[np.ndarray], test_targets: Sequence[Sequence[int]],
                     num_classes: int, frame_rate: float, cfg: ProbeConfig = ProbeConfig(),
-                    desc: str = "ctc probe") -> tuple[float, list[list[int]]]:
-    """Train on one split, decode the other; returns (label error rate, hypotheses)."""
+                    desc: str = "ctc probe") -> CTCProbeResult:
+    """Train on one split, decode the other (see the module docstring)."""
     probe, norm = train_ctc_probe(train_feats, train_targets, num_classes, frame_rate, cfg, desc)
     hyps = ctc_decode(probe, norm, test_feats, frame_rate, cfg)
-    return error_rate(test_targets, hyps), hyps
+    bad_train = ~ctc_feasible(probe_frames(train_feats, frame_rate, cfg), train_targets)
+    bad_test = ~ctc_feasible(probe_frames(test_feats, frame_rate, cfg), test_targets)
+    return CTCProbeResult(error_rate(test_targets, hyps), hyps, int(bad_train.sum()), int(bad_test.sum()),
+                          len(train_targets), len(test_targets))
 
 
 def mean_pool(feats: Sequence[np.ndarray], with_std: bool = True) -> np.ndarray:
@@ -218,16 +263,19 @@ def classification_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nd
     return float((clf.predict(test_x) == test_y).mean())
 
 
-def per_label_split(labels: Sequence[int], keys: Sequence[str],
-                    train_share: float = 0.5) -> tuple[list[int], list[int]]:
-    """Split items of every label into train/test by sorted key (deterministic): the first
-    ``train_share`` of each label's items train, the rest test (at least one of each when the
-    label has two or more items; single-item labels are dropped)."""
-    by_label: dict[int, list[tuple[str, int]]] = {}
-    for i, (lab, key) in enumerate(zip(labels, keys)):
-        by_label.setdefault(int(lab), []).append((key, i))
+def stratified_split(strata: Sequence[Hashable], keys: Sequence[str],
+                     train_share: float = 0.5) -> tuple[list[int], list[int]]:
+    """Split items into train/test inside every stratum (deterministic): each stratum's items,
+    sorted by key, give their first ``train_share`` to training and the rest to test (at
+    least one each when the stratum has two or more items; single-item strata are dropped).
+
+    With strata = (speaker, language), both halves hold every speaker in every language, so
+    a speaker probe is not trained on one language and tested on the other."""
+    by_stratum: dict[Hashable, list[tuple[str, int]]] = {}
+    for i, (st, key) in enumerate(zip(strata, keys)):
+        by_stratum.setdefault(st, []).append((key, i))
     train, test = [], []
-    for items in by_label.values():
+    for items in by_stratum.values():
         if len(items) < 2:
             continue
         items.sort()
@@ -235,3 +283,9 @@ def per_label_split(labels: Sequence[int], keys: Sequence[str],
         train += [i for _, i in items[:n_train]]
         test += [i for _, i in items[n_train:]]
     return sorted(train), sorted(test)
+
+
+def majority_share(labels: Sequence[int]) -> float:
+    """Accuracy of always answering the most frequent label of ``labels`` (chance level)."""
+    labels = np.asarray(labels)
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else float("nan")

@@ -3,20 +3,25 @@
 All inputs are natural-log mel *power* energies (Lhotse/Kaldi fbank), shape (T, F), valid
 frames only.  Definitions (per frame, then averaged over every valid frame of the test set):
 
-* **LSD (dB)**: ``sqrt(mean_f (10/ln10 * (x_f - y_f))^2)`` -- the RMS over mel bins of the dB
+* **mel-LSD (dB)**: ``sqrt(mean_f (10/ln10 * (x_f - y_f))^2)`` -- the log-spectral distance
+  (Gray & Markel 1976; e.g. the speech super-resolution literature) computed over the F mel
+  bands instead of linear STFT bins, hence the name: the RMS over mel bands of the dB
   difference (10*log10 of a power ratio equals 10/ln10 times the natural-log difference).
+  It is not comparable with LSD figures on linear spectra.
 * **mel L1**: ``mean_f |x_f - y_f|`` in natural-log units (the training loss's scale).
-* **MCD (dB)**: ``MCD = 10/ln10 * sqrt(2 * sum_{k=1}^{K-1} (c_k - c'_k)^2)`` (Kubichek 1993;
-  c0, the gain, excluded; K = ``num_ceps`` = 25).  The mel cepstrum ``c`` is the cosine-series
-  expansion of the F-bin log-mel, ``log-mel_m = c_0 + 2 sum_k c_k cos(pi k (m + 1/2) / F)``, i.e.
-  ``c_k = DCT-II_ortho(log-mel)_k / sqrt(2F)``.  With that normalisation Parseval makes the
-  constant meaningful: MCD is the RMS dB difference over mel bins of the gain-removed,
-  cepstrally smoothed spectra, so it sits on the same scale as LSD.  It is computed from the
-  fbank, not from SPTK mel-generalised cepstra, so it compares systems here and only roughly
-  matches published MCD values.
+* **MCD (dB)**, SPTK / ESPnet convention (Kubichek 1993; ESPnet ``mcd_calculate``,
+  pysptk): ``MCD = 10/ln10 * sqrt(2 * sum_{d=1}^{D} (c_d - c'_d)^2)``, c_0 (the gain) excluded,
+  where c are cepstra of the log *amplitude* spectrum, ``log|X(w)| = c_0 + 2 sum_d c_d cos(d w)``.
+  Here the spectrum is the mel-warped fbank sampled at the F band centres
+  ``w_m = pi (m + 1/2) / F``, so ``c_d = 1/2 * DCT-II_ortho(log-mel power)_d / sqrt(2F)`` (the
+  1/2 turns log power into log amplitude; cepstra of log power would give exactly twice the
+  value), d = 1 .. ``num_ceps`` - 1 (24 by default).  It comes from the fbank, not from SPTK
+  all-pass-warped mel-cepstra of a WORLD/STFT envelope, and has no DTW (frames are aligned by
+  construction), so it is close to, not identical with, published MCD values.
 
 The **mean-spectrum** baseline predicts every frame as the utterance's mean log-mel (or the
 training set's global mean): an autoencoder that does not beat it has learnt no temporal detail.
+The DCT is :func:`speechae.losses.prism.dct_matrix`, the one the Prism objective uses.
 """
 
 from __future__ import annotations
@@ -26,21 +31,15 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+
+from speechae.losses.prism import dct_matrix
 
 DB = 10.0 / math.log(10.0)  # natural-log power ratio -> dB
 
 
-def dct_matrix(n: int, num_ceps: int | None = None) -> np.ndarray:
-    """Orthonormal DCT-II matrix (num_ceps, n): ``c = M @ x``."""
-    k = np.arange(num_ceps or n)[:, None]
-    i = np.arange(n)[None, :]
-    m = np.cos(math.pi / n * (i + 0.5) * k) * math.sqrt(2.0 / n)
-    m[0] /= math.sqrt(2.0)
-    return m
-
-
-def frame_lsd(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-frame log-spectral distance in dB between log-mels x, y (T, F) -> (T,)."""
+def frame_mel_lsd(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-frame mel-LSD in dB between log-mels x, y (T, F) -> (T,)."""
     return np.sqrt(np.mean((DB * (x - y)) ** 2, axis=-1))
 
 
@@ -49,20 +48,26 @@ def frame_mel_l1(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.mean(np.abs(x - y), axis=-1)
 
 
+def amplitude_cepstrum(log_mel: np.ndarray, num_ceps: int = 25) -> np.ndarray:
+    """Cepstra c_0 .. c_{num_ceps-1} (T, num_ceps) of the log *amplitude* of natural-log mel
+    power (T, F), in the SPTK cosine-series normalisation (module docstring)."""
+    n = log_mel.shape[-1]
+    m = dct_matrix(n, dtype=torch.float64)[:num_ceps].numpy()
+    return 0.5 * (log_mel @ m.T) / math.sqrt(2.0 * n)
+
+
 def frame_mcd(x: np.ndarray, y: np.ndarray, num_ceps: int = 25) -> np.ndarray:
-    """Per-frame mel-cepstral distortion in dB (T,), c0 excluded, c1..c{num_ceps-1} kept."""
-    n = x.shape[-1]
-    m = dct_matrix(n, num_ceps)[1:] / math.sqrt(2.0 * n)  # cosine-series cepstrum (module doc)
-    d = (x - y) @ m.T
+    """Per-frame mel-cepstral distortion in dB (T,), SPTK/ESPnet convention, c_0 excluded."""
+    d = amplitude_cepstrum(x - y, num_ceps)[..., 1:]  # the cepstrum is linear in the log spectrum
     return DB * np.sqrt(2.0 * np.sum(d**2, axis=-1))
 
 
 class ReconAccumulator:
-    """Frame-weighted averages of LSD, mel L1 and MCD over many utterances."""
+    """Frame-weighted averages of mel-LSD, mel L1 and MCD over many utterances."""
 
     def __init__(self, num_ceps: int = 25) -> None:
         self.num_ceps = num_ceps
-        self.sums = {"lsd_db": 0.0, "mel_l1": 0.0, "mcd_db": 0.0}
+        self.sums = {"mel_lsd_db": 0.0, "mel_l1": 0.0, "mcd_db": 0.0}
         self.frames = 0
         self.utts = 0
 
@@ -71,14 +76,14 @@ class ReconAccumulator:
         if target.shape != recon.shape:
             raise ValueError(f"shape mismatch {target.shape} vs {recon.shape}")
         t, r = target.astype(np.float64), recon.astype(np.float64)
-        self.sums["lsd_db"] += float(frame_lsd(t, r).sum())
+        self.sums["mel_lsd_db"] += float(frame_mel_lsd(t, r).sum())
         self.sums["mel_l1"] += float(frame_mel_l1(t, r).sum())
         self.sums["mcd_db"] += float(frame_mcd(t, r, self.num_ceps).sum())
         self.frames += t.shape[0]
         self.utts += 1
 
     def result(self) -> dict[str, float]:
-        """``{lsd_db, mel_l1, mcd_db, num_frames, num_utts}``."""
+        """``{mel_lsd_db, mel_l1, mcd_db, num_frames, num_utts}``."""
         if self.frames == 0:
             raise ValueError("no frames accumulated")
         out = {k: v / self.frames for k, v in self.sums.items()}
@@ -87,7 +92,7 @@ class ReconAccumulator:
 
 
 def reconstruction_metrics(pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_ceps: int = 25) -> dict[str, float]:
-    """LSD / mel L1 / MCD averaged over all frames of (target, reconstruction) pairs."""
+    """mel-LSD / mel L1 / MCD averaged over all frames of (target, reconstruction) pairs."""
     acc = ReconAccumulator(num_ceps)
     for t, r in pairs:
         acc.add(t, r)
@@ -122,7 +127,7 @@ def plot_spectrograms(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path:
             ax.set_title(f"{title}: {name}", fontsize=8)
             ax.set_ylabel("mel bin", fontsize=8)
         row[0].set_xlabel("frame (10 ms)", fontsize=8)
-        row[1].set_xlabel(f"frame (10 ms), LSD {float(frame_lsd(x, y).mean()):.2f} dB", fontsize=8)
+        row[1].set_xlabel(f"frame (10 ms), mel-LSD {float(frame_mel_lsd(x, y).mean()):.2f} dB", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)

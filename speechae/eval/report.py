@@ -3,6 +3,11 @@
 Every table lists only the systems that have that section and only the columns every listed
 system has, so no cell is ever empty or a placeholder (a metric that does not apply to a
 system -- reconstruction for fbank -- leaves the system out of that table instead).
+
+Every metric column says which direction is better (↓ lower, ↑ higher, → 0 closest to zero;
+none for descriptive columns), the baselines are rows of the same table, and the chance
+level of each column that has one (metrics.json ``"chance"``) follows the table.  Definitions:
+docs/metrics.md and the ``speechae/eval/`` module docstrings.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-# (table title, section, [(column header, key path inside the section, formatter)])
+# (table title, section, [(column header, key path inside the section, formatter, better)])
 Fmt = Callable[[Any], str]
+ARROW = {"lower": "↓", "higher": "↑", "zero": "→ 0", None: ""}
 
 
 def _f(digits: int) -> Fmt:
@@ -34,32 +40,40 @@ def _big(v: Any) -> str:
     return f"{v / 1e6:.3f} M" if abs(v) >= 1e5 else f"{v:,.0f}"
 
 
-TABLES: list[tuple[str, str, list[tuple[str, str, Fmt]]]] = [
+TABLES: list[tuple[str, str, list[tuple[str, str, Fmt, str | None]]]] = [
     ("Reconstruction (test split, log-mel)", "reconstruction", [
-        ("LSD (dB)", "lsd_db", _f(2)), ("mel L1", "mel_l1", _f(3)), ("MCD (dB)", "mcd_db", _f(2)),
-        ("frames", "num_frames", _int)]),
+        ("mel-LSD (dB)", "mel_lsd_db", _f(2), "lower"), ("mel L1", "mel_l1", _f(3), "lower"),
+        ("MCD (dB)", "mcd_db", _f(2), "lower"), ("frames", "num_frames", _int, None)]),
     ("Probes on frozen features", "probes", [
-        ("phone PER %", "phone.per", _pct), ("± std (probe seeds)", "phone.per_std", _pct),
-        ("token TER %", "token.ter", _pct), ("CER %", "token.cer", _pct),
-        ("WER %", "token.wer", _pct), ("speaker acc %", "speaker.accuracy", _pct),
-        ("language acc %", "language.accuracy", _pct)]),
+        ("phone PER %", "phone.per", _pct, "lower"), ("± std (probe seeds)", "phone.per_std", _pct, None),
+        ("token TER %", "token.ter", _pct, "lower"), ("CER %", "token.cer", _pct, "lower"),
+        ("WER %", "token.wer", _pct, "lower"), ("speaker acc %", "speaker.accuracy", _pct, "higher"),
+        ("language acc %", "language.accuracy", _pct, "higher"),
+        ("CTC-infeasible utts (phone)", "phone.infeasible", _int, None),
+        ("CTC-infeasible utts (token)", "token.infeasible", _int, None)]),
     ("ABX error (test split)", "abx", [
-        ("within-speaker %", "within_error_pct", _f(2)), ("across-speaker %", "across_error_pct", _f(2)),
-        ("within triplets", "within_triplets", _int), ("across triplets", "across_triplets", _int),
-        ("context", "within_context", str)]),
-    ("k-means units vs phones", "pnmi", [
-        ("PNMI", "pnmi", _f(3)), ("phone purity", "phone_purity", _f(3)),
-        ("cluster purity", "cluster_purity", _f(3)), ("K", "k", _int), ("codes used", "codes_used", _int)]),
-    ("Geometry of the features (test frames)", "geometry", [
-        ("dim", "dim", _int), ("frame rate Hz", "frame_rate_hz", _f(2)),
-        ("effective rank", "effective_rank", _f(2)), ("active units", "active_units", _int),
-        ("top eig share", "top_eigenvalue_share", _f(3)), ("Epps-Pulley", "ep", _f(2)),
-        ("EP standardised", "ep_standardized", _f(2)), ("EP floor", "ep_floor", _f(3))]),
+        ("within-speaker %", "within_error_pct", _f(2), "lower"),
+        ("across-speaker %", "across_error_pct", _f(2), "lower"),
+        ("within triplets", "within_triplets", _int, None), ("across triplets", "across_triplets", _int, None),
+        ("context", "within_context", str, None), ("window ± ms", "context_ms", _f(0), None)]),
+    ("k-means units vs phones (common time grid)", "pnmi", [
+        ("PNMI", "pnmi", _f(3), "higher"), ("PNMI chance", "pnmi_chance", _f(3), None),
+        ("phone purity", "phone_purity", _f(3), "higher"), ("purity chance", "phone_purity_chance", _f(3), None),
+        ("cluster purity", "cluster_purity", _f(3), "higher"), ("grid Hz", "grid_hz", _f(1), None),
+        ("K", "k", _int, None), ("codes used", "codes_used", _int, None)]),
+    ("Geometry of the features (test frames; posterior samples for a Gaussian bottleneck)", "geometry", [
+        ("dim", "dim", _int, None), ("frame rate Hz", "frame_rate_hz", _f(2), None),
+        ("effective rank", "effective_rank", _f(2), "higher"), ("active units", "active_units", _int, "higher"),
+        ("top eig share", "top_eigenvalue_share", _f(3), None), ("Epps-Pulley", "ep", _f(2), None),
+        ("EP null mean", "ep_null_mean", _f(2), None), ("EP vs null (z)", "ep_std", _f(2), "zero"),
+        ("EP z-scored channels", "ep_standardized", _f(2), None), ("EP stride", "ep_stride", _int, None),
+        ("EP floor", "ep_floor", _f(3), None)]),
     ("Gaussian posterior (KL to N(0, I))", "geometry", [
-        ("KL nats/frame", "kl_total_nats", _f(2)), ("dims with KL > 0.01", "kl_active_dims", _int)]),
+        ("KL nats/frame", "kl_total_nats", _f(2), None), ("dims with KL > 0.01", "kl_active_dims", _int, None),
+        ("effective rank of means", "effective_rank_means", _f(2), None)]),
     ("Resources", "resources", [
-        ("params", "params", _big), ("encoder GFLOPs / audio s", "encoder_gflops_per_audio_s", _f(3)),
-        ("total GFLOPs / audio s", "gflops_per_audio_s", _f(3))]),
+        ("params", "params", _big, None), ("encoder GFLOPs / audio s", "encoder_gflops_per_audio_s", _f(3), None),
+        ("total GFLOPs / audio s", "gflops_per_audio_s", _f(3), None)]),
 ]
 
 BAD_CELLS = {"", "nan", "none", "null", "n/a", "na", "-", "—", "todo", "tbd", "?", "inf", "-inf"}
@@ -97,18 +111,33 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _header(name: str, better: str | None) -> str:
+    return f"{name} {ARROW[better]}" if ARROW.get(better) else name
+
+
 def section_table(systems: Mapping[str, Mapping[str, Any]], section: str,
-                  columns: Sequence[tuple[str, str, Fmt]]) -> str | None:
-    """Table of one section: rows = systems having it, columns = keys all those rows have."""
+                  columns: Sequence[tuple]) -> str | None:
+    """Table of one section: rows = systems having it, columns = keys all those rows have.
+    ``columns``: (header, key, formatter[, better]); the header gets the direction arrow."""
+    cols_all = [(c[0], c[1], c[2], c[3] if len(c) > 3 else None) for c in columns]
     rows = {n: s[section] for n, s in systems.items() if isinstance(s.get(section), Mapping)}
-    rows = {n: s for n, s in rows.items() if any(_valid(get_path(s, k)) for _, k, _ in columns)}
+    rows = {n: s for n, s in rows.items() if any(_valid(get_path(s, k)) for _, k, _, _ in cols_all)}
     if not rows:
         return None
-    cols = [c for c in columns if all(_valid(get_path(s, c[1])) for s in rows.values())]
+    cols = [c for c in cols_all if all(_valid(get_path(s, c[1])) for s in rows.values())]
     if not cols:
         return None
-    body = [[n] + [fmt(get_path(s, key)) for _, key, fmt in cols] for n, s in rows.items()]
-    return markdown_table(["system"] + [h for h, _, _ in cols], body)
+    body = [[n] + [fmt(get_path(s, key)) for _, key, fmt, _ in cols] for n, s in rows.items()]
+    return markdown_table(["system"] + [_header(h, b) for h, _, _, b in cols], body)
+
+
+def chance_line(metrics: Mapping[str, Any], section: str, columns: Sequence[tuple]) -> str | None:
+    """"Chance: <column> <value>, ..." for the columns whose metric has a chance level in
+    ``metrics["chance"]`` (the evaluated system's)."""
+    table = metrics.get("chance") or {}
+    parts = [f"{c[0]} {c[2](table[f'{section}.{c[1]}'])}" for c in columns
+             if _valid(table.get(f"{section}.{c[1]}"))]
+    return "Chance / reference level: " + ", ".join(parts) + "." if parts else None
 
 
 def _kv_table(d: Mapping[str, Any], title: str = "value") -> str | None:
@@ -123,20 +152,31 @@ def build_report(metrics: Mapping[str, Any], figures: Mapping[str, str]) -> str:
     out = [f"# Evaluation of `{metrics.get('experiment', name)}`", ""]
     info = {k: metrics[k] for k in ("checkpoint_step", "weights", "test_cuts", "train_cuts", "num_test_utts",
                                     "num_train_utts", "num_dev_utts", "eval_seconds") if k in metrics}
+    if metrics.get("weights_note"):
+        out += [f"**Weights: {metrics['weights_note']}.**", ""]
     if (t := _kv_table(info)) is not None:
         out += [t, ""]
+    abx_ms = get_path(metrics, "abx.context_ms")
+    grid = get_path(metrics, "pnmi.grid_hz")
     out += ["Protocol: probes and k-means are trained on the training split and scored on the test "
             "split (unseen speakers); the speaker probe uses a half/half utterance split of the held-out "
-            "dev + test speakers.  ABX uses phone segments widened by one frame on each side, DTW with "
-            "cosine distance.  See `speechae/eval/` module docstrings for every definition.", ""]
+            "dev + test speakers, stratified by (speaker, language).  ABX (Libri-light conventions): "
+            f"phone windows widened by {abx_ms if abx_ms is not None else 40:g} ms on each side for every "
+            "system, DTW with the angular distance arccos(cos)/pi, path-normalised.  PNMI: every system's "
+            f"codes read on one {grid if grid is not None else 25:g} Hz grid, beside a permutation chance "
+            "level.  Arrows: ↓ lower is better, ↑ higher is better, → 0 closest to zero.  Definitions: "
+            "docs/metrics.md.", ""]
     for title, section, columns in TABLES:
         table = section_table(systems, section, columns)
         if table is not None:
             out += [f"## {title}", "", table, ""]
+            if (line := chance_line(metrics, section, columns)) is not None:
+                out += [line, ""]
             if section == "reconstruction" and (ref := get_path(metrics, "reconstruction.reference")):
-                rows = [[k, f"{v['lsd_db']:.2f}", f"{v['mel_l1']:.3f}", f"{v['mcd_db']:.2f}"] for k, v in ref.items()]
+                rows = [[k, f"{v['mel_lsd_db']:.2f}", f"{v['mel_l1']:.3f}", f"{v['mcd_db']:.2f}"]
+                        for k, v in ref.items()]
                 out += ["Mean-spectrum references (predict every frame as the mean log-mel):", "",
-                        markdown_table(["reference", "LSD (dB)", "mel L1", "MCD (dB)"], rows), ""]
+                        markdown_table(["reference", "mel-LSD (dB) ↓", "mel L1 ↓", "MCD (dB) ↓"], rows), ""]
     if stacks := get_path(metrics, "probes.phone_by_stack"):
         rows = [[k, f"{v['frame_rate']:.2f}", _pct(v["per"])] for k, v in stacks.items()]
         out += ["## Phone probe per encoder stack", "", markdown_table(["stack", "rate Hz", "PER %"], rows), ""]
@@ -176,9 +216,10 @@ def plot_summary(systems: Mapping[str, Mapping[str, Any]], path: str | Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("phone PER %", "probes.phone.per", 100), ("CER %", "probes.token.cer", 100),
-            ("ABX within %", "abx.within_error_pct", 1), ("PNMI", "pnmi.pnmi", 1),
-            ("LSD dB", "reconstruction.lsd_db", 1), ("speaker acc %", "probes.speaker.accuracy", 100)]
+    keys = [("phone PER % ↓", "probes.phone.per", 100), ("CER % ↓", "probes.token.cer", 100),
+            ("ABX within % ↓", "abx.within_error_pct", 1), ("PNMI ↑", "pnmi.pnmi", 1),
+            ("mel-LSD dB ↓", "reconstruction.mel_lsd_db", 1),
+            ("speaker acc % ↑", "probes.speaker.accuracy", 100)]
     panels = [(t, {n: float(get_path(s, k)) * sc for n, s in systems.items() if _valid(get_path(s, k))})
               for t, k, sc in keys]
     panels = [(t, v) for t, v in panels if v]
@@ -197,8 +238,12 @@ def plot_summary(systems: Mapping[str, Mapping[str, Any]], path: str | Path) -> 
     return path
 
 
-def plot_training_curve(records: Sequence[Mapping[str, Any]], path: str | Path, key: str = "loss/total") -> Path | None:
-    """Training loss against step (log scale when positive)."""
+def plot_training_curve(records: Sequence[Mapping[str, Any]], path: str | Path,
+                        key: str = "loss/recon") -> Path | None:
+    """Training loss ``key`` against step (log scale when positive); ``loss/total`` when the log
+    has no ``key`` (the reconstruction term is the one every arm shares)."""
+    if not any(key in r for r in records):
+        key = "loss/total"
     pts = [(r["step"], float(r[key])) for r in records if "split" not in r and key in r
            and isinstance(r[key], (int, float)) and math.isfinite(float(r[key]))]
     if len(pts) < 2:

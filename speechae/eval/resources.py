@@ -1,10 +1,16 @@
 """Resource and stability figures: parameters, FLOPs per audio second, and what the training
 logs (``<exp>/log/metrics.jsonl``) say about throughput, memory, non-finite steps and spikes.
 
-A **loss spike** is a logged training step whose ``loss/total`` exceeds the median of the
-previous ``window`` logged values by more than ``k`` median absolute deviations (robust to the
-slow downward trend of a training curve; MAD floored at 1e-3 of the median so a flat curve
-does not turn noise into spikes).
+A **loss spike** is a logged training step whose loss exceeds the median of the previous
+``window`` logged values by more than ``k`` median absolute deviations (robust to the slow
+downward trend of a training curve; MAD floored at 1e-3 of the median so a flat curve does not
+turn noise into spikes).  ``loss_spikes`` counts them on ``loss/recon``, the term every arm
+has (``loss/total`` adds a different regularizer in each arm, so its spikes would not compare);
+``loss_spikes_by_term`` counts them on every logged ``loss/*`` term, ``loss_spike_key`` names
+the key counted (``loss/total`` only for logs without ``loss/recon``).
+
+Parameters and FLOPs come from :mod:`speechae.utils.modelstats` (shared with
+``speechae model-summary``).
 """
 
 from __future__ import annotations
@@ -12,40 +18,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from speechae.utils.modelstats import autoencoder_flops, count_parameters, flops_per_second
 
-def count_parameters(module: torch.nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in module.parameters())
+__all__ = ["count_parameters", "flops_per_second", "loss_spikes", "model_resources", "read_metrics_jsonl",
+           "training_resources"]
 
-
-@torch.no_grad()
-def flops_per_second(fn: Callable[[], Any], seconds: float) -> float:
-    """FLOPs (torch.utils.flop_counter: 2 per multiply-add, matmul/conv only) of ``fn()``,
-    which processes ``seconds`` of audio, divided by ``seconds``."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / seconds
+RECON_KEY = "loss/recon"
 
 
 def model_resources(model: torch.nn.Module, num_mel_bins: int = 80, seconds: float = 10.0) -> dict[str, float]:
     """Parameters and GFLOPs per audio second (encoder only, and encoder + decoder) of a SpeechAE."""
-    frames = int(round(seconds * 100))
-    feats, lens = torch.randn(1, frames, num_mel_bins), torch.tensor([frames])
-    was = model.training
-    model.eval()
-    try:
-        enc = flops_per_second(lambda: model.encode(feats, lens), seconds)
-        total = flops_per_second(lambda: model(feats, lens), seconds)
-    finally:
-        model.train(was)
     return {"params": count_parameters(model), "encoder_params": count_parameters(model.encoder),
-            "encoder_gflops_per_audio_s": enc / 1e9, "gflops_per_audio_s": total / 1e9}
+            **autoencoder_flops(model, num_mel_bins, seconds)}
 
 
 def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -83,14 +72,16 @@ def loss_spikes(losses: np.ndarray, window: int = 20, k: float = 5.0) -> int:
     return spikes
 
 
-def training_resources(exp_dir: str | Path, loss_key: str = "loss/total") -> dict[str, float]:
+def training_resources(exp_dir: str | Path, loss_key: str = RECON_KEY) -> dict[str, Any]:
     """Throughput, peak memory and stability from ``<exp>/log/metrics.jsonl`` (train records)."""
     recs = [r for r in read_metrics_jsonl(Path(exp_dir) / "log" / "metrics.jsonl") if "split" not in r]
     if not recs:
         return {}
     col = lambda k: np.array([_num(r.get(k)) for r in recs])  # noqa: E731
+    if not any(loss_key in r for r in recs):
+        loss_key = "loss/total"
     losses = col(loss_key)
-    out: dict[str, float] = {"logged_steps": len(recs), "last_step": int(max(r["step"] for r in recs))}
+    out: dict[str, Any] = {"logged_steps": len(recs), "last_step": int(max(r["step"] for r in recs))}
     for key, name, agg in (("train/audio_s_per_s", "audio_seconds_per_second", np.nanmedian),
                            ("train/steps_per_s", "steps_per_second", np.nanmedian),
                            ("train/peak_memory_mb", "peak_memory_mb", np.nanmax),
@@ -103,10 +94,14 @@ def training_resources(exp_dir: str | Path, loss_key: str = "loss/total") -> dic
     # the logger writes non-finite values as strings ("nan", "inf"): _num turns them back
     has_loss = [loss_key in r for r in recs]
     out["nonfinite_logged_losses"] = int((~np.isfinite(losses[has_loss])).sum())
-    out["loss_spikes"] = loss_spikes(losses)
-    finite = losses[np.isfinite(losses)]
-    if finite.size:
-        out["final_loss"] = float(finite[-1])
+    out["loss_spikes"] = loss_spikes(losses[has_loss])
+    out["loss_spike_key"] = loss_key
+    terms = sorted({k for r in recs for k in r if k.startswith("loss/")})
+    out["loss_spikes_by_term"] = {k[5:]: loss_spikes(col(k)[[k in r for r in recs]]) for k in terms}
+    for key, name in (("loss/total", "final_loss"), (RECON_KEY, "final_recon_loss")):
+        finite = (v := col(key))[np.isfinite(v)]
+        if finite.size:
+            out[name] = float(finite[-1])
     if "nonfinite_steps" not in out:
         out["nonfinite_steps"] = out["nonfinite_logged_losses"]
     return {k: (v if not (isinstance(v, float) and math.isnan(v)) else 0.0) for k, v in out.items()}

@@ -3,9 +3,17 @@
 The same code scores the trained model and every baseline, so the numbers are comparable.
 Splits: probes and k-means are *trained* on the training split and *scored* on the test split
 (unseen speakers).  The speaker-ID probe cannot use that protocol (test speakers never occur in
-training), so it is trained and scored on a per-speaker utterance split (half / half by cut
-id) of the held-out dev + test speakers: it asks whether speaker identity is linearly
-readable from pooled features of speakers the autoencoder never saw.
+training), so it is trained and scored on a half / half utterance split of the held-out dev +
+test speakers, stratified by (speaker, language) so that each half holds every speaker in
+every language: it asks whether speaker identity is linearly readable from pooled features of
+speakers the autoencoder never saw.
+
+Chance levels (:func:`chance_levels`, written to metrics.json as a top-level ``"chance"``
+mapping from metric key path to value): speaker / language accuracy -- the majority-class
+share of the scored split; ABX -- 50 %; PNMI and phone purity -- their permutation baselines
+(:mod:`speechae.eval.units`); Epps-Pulley -- the mean of its calibrated null, and 0 for its
+standardised value (:mod:`speechae.eval.geometry`); reconstruction -- the utterance
+mean-spectrum reference (:mod:`speechae.eval.reconstruction`).
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ from speechae.eval.abx import abx_error, phone_items
 from speechae.eval.encoders import Encoded, FeatureEncoder, Utterance
 from speechae.eval.geometry import geometry_metrics
 from speechae.eval.probes import (ProbeConfig, classification_probe, ctc_probe_error, edit_distance,
-                                  mean_pool, per_label_split)
+                                  majority_share, mean_pool, stratified_split)
 from speechae.eval.reconstruction import reconstruction_metrics
-from speechae.eval.units import kmeans_pnmi, phones_at_rate
+from speechae.eval.units import kmeans_pnmi
 
 log = logging.getLogger("speechae.eval")
 
@@ -44,9 +52,14 @@ class EvalConfig:
     phone_probe_seeds: int = 1
     stack_probe_epochs: int = 10
     kmeans_k: int = 50
+    # PNMI on one common grid for every system (speechae.eval.units); 25 Hz = the latents' rate
+    pnmi_grid_hz: float = 25.0
+    pnmi_permutations: int = 5
     abx_max_cells: int = 1000
     abx_triplets_per_cell: int = 5
-    abx_context_frames: int = 1
+    # ABX window: the phone +- this many ms, the same for every frame rate (+-40 ms is one
+    # frame at 25 Hz, what the 25 Hz latents were scored with before)
+    abx_context_ms: float = 40.0
     max_train_utts: int | None = None
     max_test_utts: int | None = None
     stacks: bool = False
@@ -82,49 +95,51 @@ def phone_probe(train: Encoded, test: Encoded, data: EvalData, cfg: ProbeConfig,
                 seeds: int = 1) -> dict[str, Any]:
     """CTC phone probe: PER (fraction) on the test split; with ``seeds`` > 1 the probe is
     retrained with that many seeds and ``per`` is their mean (``per_std`` the sample std):
-    on a tiny test set the seed-to-seed spread of a short probe is several PER points."""
+    on a tiny test set the seed-to-seed spread of a short probe is several PER points.
+    ``infeasible``: training utterances left out because CTC cannot align them."""
     assert data.labels.phones is not None
-    pers = []
-    for k in range(seeds):
-        per, _ = ctc_probe_error(train.feats, [u.phone_seq for u in data.train], test.feats,
-                                 [u.phone_seq for u in data.test], len(data.labels.phones), train.frame_rate,
-                                 replace(cfg, seed=cfg.seed + k), desc=f"{name} phone probe")
-        pers.append(per)
-    out: dict[str, Any] = {"per": float(np.mean(pers)), "probe": cfg.kind, "epochs": cfg.epochs, "seeds": seeds}
+    runs = [ctc_probe_error(train.feats, [u.phone_seq for u in data.train], test.feats,
+                            [u.phone_seq for u in data.test], len(data.labels.phones), train.frame_rate,
+                            replace(cfg, seed=cfg.seed + k), desc=f"{name} phone probe") for k in range(seeds)]
+    pers = [r.error for r in runs]
+    out: dict[str, Any] = {"per": float(np.mean(pers)), "probe": cfg.kind, "epochs": cfg.epochs, "seeds": seeds,
+                           "infeasible": runs[0].infeasible_train, "infeasible_test": runs[0].infeasible_test,
+                           "num_train": runs[0].num_train}
     if seeds > 1:
         out["per_std"] = float(np.std(pers, ddof=1))
         out["per_by_seed"] = pers
     return out
 
 
-def token_probe(train: Encoded, test: Encoded, data: EvalData, cfg: ProbeConfig, name: str) -> dict[str, float]:
+def token_probe(train: Encoded, test: Encoded, data: EvalData, cfg: ProbeConfig, name: str) -> dict[str, Any]:
     """CTC sentencepiece probe: token error rate, CER and WER of the decoded text."""
     sp = data.labels.sp
-    ter, hyps = ctc_probe_error(train.feats, [u.tokens for u in data.train], test.feats,
-                                [u.tokens for u in data.test], data.labels.vocab_size, train.frame_rate,
-                                cfg, desc=f"{name} token probe")
+    res = ctc_probe_error(train.feats, [u.tokens for u in data.train], test.feats, [u.tokens for u in data.test],
+                          data.labels.vocab_size, train.frame_rate, cfg, desc=f"{name} token probe")
     # references go through the same sentencepiece round trip, so normalisation is identical
     refs = [sp.decode([t - 1 for t in u.tokens]) for u in data.test]
-    texts = [sp.decode([t - 1 for t in h]) for h in hyps]
+    texts = [sp.decode([t - 1 for t in h]) for h in res.hyps]
     chars = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, texts)) / max(sum(map(len, refs)), 1)
     words = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, texts))
     words /= max(sum(len(r.split()) for r in refs), 1)
-    return {"ter": ter, "cer": chars, "wer": words, "probe": cfg.kind, "epochs": cfg.epochs,
+    return {"ter": res.error, "cer": chars, "wer": words, "probe": cfg.kind, "epochs": cfg.epochs,
+            "infeasible": res.infeasible_train, "infeasible_test": res.infeasible_test, "num_train": res.num_train,
             "example_ref": refs[0] if refs else "", "example_hyp": texts[0] if texts else ""}
 
 
 def speaker_probe(test: Encoded, dev: Encoded, data: EvalData, seed: int) -> dict[str, float]:
-    """Speaker ID on a per-speaker half/half split of the held-out (dev + test) speakers."""
+    """Speaker ID on a half/half split of the held-out (dev + test) speakers' utterances,
+    stratified by (speaker, language)."""
     utts = list(data.test) + list(data.dev)
     x = mean_pool(list(test.feats) + list(dev.feats))
     spk_names = sorted({u.speaker for u in utts})
     y = np.array([spk_names.index(u.speaker) for u in utts])
-    tr, te = per_label_split(y.tolist(), [u.cut_id for u in utts])
+    tr, te = stratified_split([(u.speaker, u.language) for u in utts], [u.cut_id for u in utts])
     if len(set(y[tr].tolist())) < 2:
         raise ValueError("speaker probe needs two held-out speakers with two utterances each")
     acc = classification_probe(x[tr], y[tr], x[te], y[te], seed)
     return {"accuracy": acc, "num_speakers": len(set(y[tr].tolist())), "num_train": len(tr), "num_test": len(te),
-            "chance": float(np.bincount(y[te]).max() / len(te))}
+            "chance": majority_share(y[te])}
 
 
 def language_probe(train: Encoded, test: Encoded, data: EvalData, seed: int) -> dict[str, float]:
@@ -136,7 +151,8 @@ def language_probe(train: Encoded, test: Encoded, data: EvalData, seed: int) -> 
     ytr = np.array([langs.index(u.language) for u in data.train])
     yte = np.array([langs.index(u.language) for u in data.test])
     acc = classification_probe(mean_pool(train.feats), ytr, mean_pool(test.feats), yte, seed)
-    return {"accuracy": acc, "num_languages": len(langs), "test_languages": len(test_langs)}
+    return {"accuracy": acc, "num_languages": len(langs), "test_languages": len(test_langs),
+            "chance": majority_share(yte)}
 
 
 def abx_section(test: Encoded, data: EvalData, cfg: EvalConfig) -> dict[str, Any]:
@@ -144,7 +160,7 @@ def abx_section(test: Encoded, data: EvalData, cfg: EvalConfig) -> dict[str, Any
     items = []
     for u, f in zip(data.test, test.feats):
         if u.alignment:
-            items += phone_items(f, u.alignment, u.speaker, test.frame_rate, cfg.abx_context_frames)
+            items += phone_items(f, u.alignment, u.speaker, test.frame_rate, cfg.abx_context_ms)
     out: dict[str, Any] = {}
     for mode in ("within", "across"):
         try:
@@ -156,11 +172,9 @@ def abx_section(test: Encoded, data: EvalData, cfg: EvalConfig) -> dict[str, Any
         out[f"{mode}_error_pct"] = 100.0 * r["error"]
         out[f"{mode}_triplets"] = r["num_triplets"]
         out[f"{mode}_context"] = r["context"]
+    out["context_ms"] = cfg.abx_context_ms
+    out["distance"] = "angular"
     return out
-
-
-def _test_phone_frames(test: Encoded, data: EvalData) -> list[np.ndarray]:
-    return [phones_at_rate(u.phones, len(f), test.frame_rate) for u, f in zip(data.test, test.feats)]
 
 
 def _timed(timings: dict[str, float], key: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202
@@ -214,10 +228,9 @@ def score_system(system: FeatureEncoder, data: EvalData, cfg: EvalConfig) -> Sys
     if _has_phones(data.test):
         sections["abx"] = _timed(timings, "abx", abx_section, test, data, cfg)
         sections["pnmi"] = _timed(timings, "pnmi", kmeans_pnmi, train.feats, test.feats,
-                                  _test_phone_frames(test, data), cfg.kmeans_k, cfg.seed)
-    z = np.concatenate(test.feats)
-    logvar = np.concatenate(test.logvar) if test.logvar is not None else None
-    sections["geometry"] = _timed(timings, "geometry", geometry_metrics, z, logvar, cfg.seed)
+                                  [u.phones for u in data.test], test.frame_rate, cfg.kmeans_k, cfg.seed,
+                                  cfg.pnmi_grid_hz, cfg.pnmi_permutations)
+    sections["geometry"] = _timed(timings, "geometry", geometry_metrics, test.feats, test.logvar, cfg.seed)
     sections["geometry"]["frame_rate_hz"] = test.frame_rate
     sections["resources"] = _timed(timings, "resources", system.resources)
     if notes:
@@ -225,3 +238,36 @@ def score_system(system: FeatureEncoder, data: EvalData, cfg: EvalConfig) -> Sys
     log.info("%s scored in %.1fs (%s)", name, sum(timings.values()),
              ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     return SystemResult(sections, test, timings)
+
+
+# metric key path -> (section path of its chance value); reconstruction: the mean-spectrum ref
+_CHANCE_FROM = {
+    "probes.speaker.accuracy": "probes.speaker.chance",
+    "probes.language.accuracy": "probes.language.chance",
+    "pnmi.pnmi": "pnmi.pnmi_chance",
+    "pnmi.phone_purity": "pnmi.phone_purity_chance",
+    "geometry.ep": "geometry.ep_null_mean",
+    "reconstruction.mel_lsd_db": "reconstruction.reference.utterance_mean.mel_lsd_db",
+    "reconstruction.mcd_db": "reconstruction.reference.utterance_mean.mcd_db",
+    "reconstruction.mel_l1": "reconstruction.reference.utterance_mean.mel_l1",
+}
+
+
+def chance_levels(sections: dict[str, Any]) -> dict[str, float]:
+    """``{metric key path: chance level}`` for the metrics of ``sections`` that have one (see
+    the module docstring)."""
+    def get(path: str) -> Any:
+        cur: Any = sections
+        for p in path.split("."):
+            if not isinstance(cur, dict) or p not in cur:
+                return None
+            cur = cur[p]
+        return cur
+
+    out = {k: float(v) for k, src in _CHANCE_FROM.items() if isinstance(v := get(src), (int, float))}
+    for mode in ("within", "across"):
+        if get(f"abx.{mode}_error_pct") is not None:
+            out[f"abx.{mode}_error_pct"] = 50.0
+    if get("geometry.ep_std") is not None:
+        out["geometry.ep_std"] = 0.0
+    return out

@@ -37,7 +37,9 @@ def _make_experiment(root: Path, ds, seed: int = 7, fraction: float = 1.0) -> Pa
         save_checkpoint(checkpoint_path(exp / "checkpoints", step),
                         {"config": cfg, "step": step, "model": model.state_dict(), "model_avg": state,
                          "avg_step": step})
-    recs = [{"step": s, "loss/total": 5.0 / s + (20.0 if s == 30 else 0.0), "train/audio_s_per_s": 50.0,
+    # one reconstruction spike (step 30) and one regularizer-only spike (step 20: loss/total only)
+    recs = [{"step": s, "loss/recon": 5.0 / s + (20.0 if s == 30 else 0.0),
+             "loss/total": 5.0 / s + (20.0 if s in (20, 30) else 0.0), "train/audio_s_per_s": 50.0,
              "train/steps_per_s": 2.0, "train/peak_memory_mb": 300.0 + s, "train/nonfinite_steps": 0.0}
             for s in range(1, 41)]
     recs.append({"step": 40, "split": "valid", "valid/loss/total": 1.0})
@@ -81,7 +83,8 @@ def test_metrics_json_has_every_section(evaluated) -> None:
         assert m.get(s), f"section {s} missing or empty"
     assert m["checkpoint_step"] == 6 and m["weights"] == "window (3, 6]"
     rec = m["reconstruction"]
-    assert rec["lsd_db"] > 0 and rec["mcd_db"] > 0 and "utterance_mean" in rec["reference"]
+    assert rec["mel_lsd_db"] > 0 and rec["mcd_db"] > 0 and "utterance_mean" in rec["reference"]
+    assert "lsd_db" not in rec
     phone = m["probes"]["phone"]
     assert phone["seeds"] == 2 and phone["per_std"] >= 0
     assert phone["per"] == pytest.approx(np.mean(phone["per_by_seed"]))
@@ -94,12 +97,32 @@ def test_metrics_json_has_every_section(evaluated) -> None:
     assert m["resources"]["params"] > 0 and m["resources"]["gflops_per_audio_s"] > 0
     train = m["resources"]["training"]
     assert train["loss_spikes"] == 1 and train["peak_memory_mb"] == 340.0 and train["nonfinite_steps"] == 0
+    assert train["loss_spike_key"] == "loss/recon" and train["loss_spikes_by_term"] == {"recon": 1, "total": 2}
     base = m["baselines"]
     assert set(base) == {"fbank", "mfcc", "random_init", "mean_spectrum", "hf_w2v_tiny"}
     assert "reconstruction" in base["random_init"] and "reconstruction" not in base["fbank"]
     assert set(base["mean_spectrum"]) == {"reconstruction"}
     assert base["hf_w2v_tiny"]["geometry"]["frame_rate_hz"] == pytest.approx(50.0)
     assert base["hf_w2v_tiny"]["resources"]["params"] > 0
+    # probes count CTC-infeasible utterances; PNMI on the common grid with its chance level
+    assert m["probes"]["phone"]["infeasible"] >= 0 and m["probes"]["token"]["infeasible"] >= 0
+    for sys_ in (m, *(b for b in base.values() if "pnmi" in b)):
+        assert sys_["pnmi"]["grid_hz"] == 25.0 and 0 <= sys_["pnmi"]["pnmi_chance"] <= 1
+    assert m["abx"]["context_ms"] == 40.0 and m["abx"]["distance"] == "angular"
+    assert m["geometry"]["measured_on"] == "latent" and "ep_std" in m["geometry"]
+
+
+def test_chance_levels_in_metrics_json(evaluated) -> None:
+    """Top-level ``chance``: metric key path -> chance value of the evaluated system."""
+    exp, _ = evaluated
+    m = json.loads((exp / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    ch = m["chance"]
+    assert ch["abx.within_error_pct"] == 50.0
+    assert ("abx.across_error_pct" in ch) == ("across_error_pct" in m["abx"])  # one test speaker: no across
+    assert ch["probes.speaker.accuracy"] == m["probes"]["speaker"]["chance"]
+    assert ch["pnmi.pnmi"] == m["pnmi"]["pnmi_chance"] and ch["geometry.ep_std"] == 0.0
+    assert ch["geometry.ep"] == m["geometry"]["ep_null_mean"]
+    assert ch["reconstruction.mel_lsd_db"] == m["reconstruction"]["reference"]["utterance_mean"]["mel_lsd_db"]
 
 
 def test_report_has_no_empty_cells(evaluated) -> None:
@@ -108,6 +131,10 @@ def test_report_has_no_empty_cells(evaluated) -> None:
     assert check_report(text) == []
     for title in ("Reconstruction", "Probes", "ABX", "PNMI" if False else "k-means", "Geometry", "Resources"):
         assert f"## {title}" in text
+    for header in ("mel-LSD (dB) ↓", "phone PER % ↓", "speaker acc % ↑", "within-speaker % ↓", "PNMI ↑",
+                   "EP vs null (z) → 0"):
+        assert header in text
+    assert "Chance / reference level: " in text and "within-speaker % 50.00" in text
     for png in ("spectrograms.png", "covariance_spectrum.png", "pca_phones.png", "summary.png", "training_loss.png"):
         assert (exp / "eval" / png).stat().st_size > 1000
         assert f"]({png})" in text
@@ -162,6 +189,35 @@ def test_window_average_weights(evaluated) -> None:
     assert torch.allclose(window.state_dict()[name], w + 9e-3, atol=1e-5)
     assert torch.allclose(running.state_dict()[name], w + 6e-3, atol=1e-5)
     assert info["weights"] == "window (3, 6]" and info_r["weights"].startswith("running")
+
+
+def test_never_updated_average_falls_back_to_raw_weights(tiny_dataset, tmp_path) -> None:
+    """A run shorter than train.average_every leaves the averaged model at the initial weights
+    (avg_step 0).  Pre-fix, evaluate scored those initial weights (a 30-step Bengali run read
+    the random-init mel-LSD 29.13 dB instead of 17.51); now it scores the raw weights and says so."""
+    from speechae.eval.pipeline import load_experiment_model
+    from speechae.models import build_model
+    from speechae.train.checkpoint import checkpoint_path, save_checkpoint
+
+    exp = _make_experiment(tmp_path, tiny_dataset)
+    cfg = yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8"))
+    torch.manual_seed(0)
+    init = build_model(cfg["model"]).state_dict()
+    trained = {k: v + 0.5 if v.is_floating_point() else v for k, v in init.items()}
+    for p in (exp / "checkpoints").iterdir():
+        p.unlink()
+    for step in (3, 6):
+        save_checkpoint(checkpoint_path(exp / "checkpoints", step),
+                        {"config": cfg, "step": step, "model": trained, "model_avg": init, "avg_step": 0})
+    name = next(k for k, v in init.items() if v.is_floating_point())
+    for weights in ("window", "running"):
+        model, _, info = load_experiment_model(exp, weights)
+        assert torch.allclose(model.state_dict()[name], trained[name])
+        assert info["weights"] == "raw" and "never updated" in info["weights_note"]
+    from speechae.eval.report import build_report
+
+    text = build_report({"system": "x", "weights_note": info["weights_note"]}, {})
+    assert "never updated" in text
 
 
 def test_hf_loader_on_tiny_saved_model(tiny_dataset, tmp_path) -> None:
