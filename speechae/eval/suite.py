@@ -32,6 +32,7 @@ from speechae.eval.geometry import geometry_metrics
 from speechae.eval.probes import (ProbeConfig, classification_probe, ctc_probe_error, edit_distance,
                                   majority_share, mean_pool, stratified_split)
 from speechae.eval.reconstruction import reconstruction_metrics
+from speechae.eval.report import get_path
 from speechae.eval.units import kmeans_pnmi
 
 log = logging.getLogger("speechae.eval")
@@ -257,12 +258,7 @@ def chance_levels(sections: dict[str, Any]) -> dict[str, float]:
     """``{metric key path: chance level}`` for the metrics of ``sections`` that have one (see
     the module docstring)."""
     def get(path: str) -> Any:
-        cur: Any = sections
-        for p in path.split("."):
-            if not isinstance(cur, dict) or p not in cur:
-                return None
-            cur = cur[p]
-        return cur
+        return get_path(sections, path)
 
     out = {k: float(v) for k, src in _CHANCE_FROM.items() if isinstance(v := get(src), (int, float))}
     for mode in ("within", "across"):

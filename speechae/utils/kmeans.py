@@ -1,5 +1,5 @@
-"""k-means on feature frames: one implementation for the masked-unit targets (stage 3) and the
-PNMI evaluation.
+"""k-means on feature frames for the PNMI evaluation, written to be the one implementation that
+the masked-unit targets of stage 3 (``speechae.data.targets.fit_kmeans``) also call.
 
 scikit-learn's MiniBatchKMeans (Sculley 2010) with 3 initialisations and at most 100 passes,
 as HuBERT's first-iteration clustering (fairseq ``learn_kmeans.py`` uses MiniBatchKMeans too).

@@ -1,5 +1,5 @@
-"""Parameter and FLOP counting: one implementation for ``speechae model-summary``, the training
-log and ``speechae evaluate``.
+"""Parameter and FLOP counting for ``speechae evaluate``, written to be the one implementation
+that ``speechae model-summary`` and the training log's parameter count also call.
 
 FLOPs are those of :class:`torch.utils.flop_counter.FlopCounterMode`: matmuls and convolutions
 only, 2 per multiply-add.  "Per audio second" divides the count for one utterance by its
