@@ -3,7 +3,8 @@
 :class:`CommandGroup` is the one place that decides how a failed command reports: a user error
 (bad config or value, missing or damaged input, a full disk, an experiment directory in use)
 prints one line ``speechae <cmd>: error: <message>`` and exits with :data:`USER_ERROR_EXIT`;
-anything else is a bug and keeps its traceback.  ``--debug`` (anywhere on the command line) or
+a command's own ``click.ClickException`` is printed in the same format with its exit code (1);
+usage errors keep click's usage text; anything else is a bug and keeps its traceback.  ``--debug`` (anywhere on the command line) or
 ``SPEECHAE_DEBUG=1`` shows the traceback of user errors too.  This module imports only click.
 """
 
@@ -89,14 +90,21 @@ class CommandGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:  # noqa: D102
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (click.exceptions.UsageError, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.exceptions.ClickException as e:  # a command's own one-line error: same format
+            self._report(ctx, e.format_message())
+            ctx.exit(e.exit_code)
         except EOFError as e:  # click would print only "Aborted!"
             raise RuntimeError(f"unexpected end of input: {e}") from e
         except Exception as e:
             message = user_error_message(e)
             if message is None or debug_enabled():
                 raise
-            click.echo(f"speechae {ctx.invoked_subcommand or ''}".rstrip() + f": error: {message}", err=True)
+            self._report(ctx, message)
             ctx.exit(USER_ERROR_EXIT)
+
+    @staticmethod
+    def _report(ctx: click.Context, message: str) -> None:
+        click.echo(f"speechae {ctx.invoked_subcommand or ''}".rstrip() + f": error: {message}", err=True)
 
