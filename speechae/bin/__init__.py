@@ -2,10 +2,11 @@
 
 :class:`CommandGroup` is the one place that decides how a failed command reports: a user error
 (bad config or value, missing or damaged input, a full disk, an experiment directory in use)
-prints one line ``speechae <cmd>: error: <message>`` and exits with :data:`USER_ERROR_EXIT`;
-a command's own ``click.ClickException`` is printed in the same format with its exit code (1);
-usage errors keep click's usage text; anything else is a bug and keeps its traceback.  ``--debug`` (anywhere on the command line) or
-``SPEECHAE_DEBUG=1`` shows the traceback of user errors too.  This module imports only click.
+prints one line ``speechae <cmd>: error: <message>`` and exits with :data:`USER_ERROR_EXIT`; a
+command's own ``click.ClickException`` is printed in the same format with its exit code (1);
+usage errors keep click's usage text; anything else is a bug and keeps its traceback.
+``--debug`` (anywhere on the command line) or ``SPEECHAE_DEBUG=1`` shows the traceback of user
+errors too.  This module imports only click.
 """
 
 from __future__ import annotations

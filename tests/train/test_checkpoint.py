@@ -113,7 +113,8 @@ def test_damaged_checkpoint_is_named_not_loaded(tmp_path: Path, kind: str, corru
         assert "checksum" in msg
 
 
-def test_resume_falls_back_to_newest_valid_and_sets_bad_one_aside(tmp_path: Path, caplog, corrupt) -> None:  # noqa: ANN001
+def test_resume_falls_back_to_newest_valid_and_sets_bad_one_aside(tmp_path: Path, caplog,  # noqa: ANN001
+                                                                   corrupt) -> None:  # noqa: ANN001
     for s in (2, 4, 6):
         ck.save_checkpoint(ck.checkpoint_path(tmp_path, s), {"step": s, "w": torch.full((64,), float(s))})
     corrupt(ck.checkpoint_path(tmp_path, 6), "flipped_bit")

@@ -20,7 +20,8 @@ def _speechae(python: str, env: dict, *args: str) -> subprocess.CompletedProcess
                           timeout=300)
 
 
-def _one_error_line(proc: subprocess.CompletedProcess, command: str, codes: tuple[int, ...] = (USER_ERROR_EXIT,)) -> str:
+def _one_error_line(proc: subprocess.CompletedProcess, command: str,
+                    codes: tuple[int, ...] = (USER_ERROR_EXIT,)) -> str:
     assert proc.returncode in codes, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if ": error: " in line]

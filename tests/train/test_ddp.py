@@ -68,7 +68,8 @@ def _resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, exp: s
         dist.destroy_process_group()
 
 
-def test_ranks_resume_from_the_same_valid_checkpoint(exp_copy: Path, make_config, corrupt, tmp_path: Path) -> None:  # noqa: ANN001
+def test_ranks_resume_from_the_same_valid_checkpoint(exp_copy: Path, make_config, corrupt,  # noqa: ANN001
+                                                     tmp_path: Path) -> None:
     """Rank 0 picks the checkpoint (setting a damaged newest one aside once); rank 1 follows."""
     from speechae.train import checkpoint as ck
 
