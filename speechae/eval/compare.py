@@ -99,7 +99,7 @@ METRICS = {m.label: m for m in HEADLINE}
 ARROW = {"lower": "↓", "higher": "↑", "zero": "→ 0", None: "info"}
 RECON = "mel-LSD dB"
 DISCRIMINATION = ("phone PER %", "ABX within %")
-SEED_KEYS = ("train.seed",)
+SEED_KEYS = ("train.seed", "data.seed")  # a seed grid varies both (model init, data order)
 FRACTION_KEY = "data.train_fraction"
 _SEED_SUFFIX = re.compile(r"[_\-.]?(seed|s)\d+$")
 

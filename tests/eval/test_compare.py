@@ -143,6 +143,14 @@ def test_runs_group_by_seed_only(tmp_path: Path) -> None:
     assert C.config_differences(groups) == ["optim.lr"]
 
 
+def test_a_seed_grid_varies_model_and_data_seeds(tmp_path: Path) -> None:
+    """The recipes' --seeds sets train.seed and data.seed: such runs are one arm."""
+    runs = [C.load_run(make_run(tmp_path, f"tiny_kl_s{s}", s, _metrics(50.0, 10.0, 20.0), data__seed=s))
+            for s in (1, 2, 3)]
+    groups = C.group_runs(runs)
+    assert len(groups) == 1 and C.arm_labels(groups) == ["tiny_kl"]
+
+
 def test_reference_choice() -> None:
     assert C.choose_reference(["tiny_sigreg", "tiny_kl", "tiny_none"]) == "tiny_kl"
     # a "kl" name component beats a "kl" inside another word
