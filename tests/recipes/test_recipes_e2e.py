@@ -35,8 +35,9 @@ def test_librispeech_stages_0_3_from_archives(corpora: dict[str, Path], tmp_path
                "--vocab-size", "60", *SMALL)
     assert (dl / ".dev-clean-2.tar.gz.completed").is_file()
     check_prepared(recipe, "librispeech", ["train", "dev", "test-clean"])
-    # every stage left its marker; a re-run is a no-op
-    proc = run_recipe(recipe, "--stage", "0", "--stop-stage", "3", "--dl-dir", str(dl), "--dataset-parts", parts)
+    # every stage left its marker; a re-run with the same options is a no-op (--nj does not count)
+    proc = run_recipe(recipe, "--stage", "0", "--stop-stage", "3", "--dl-dir", str(dl), "--dataset-parts", parts,
+                      "--vocab-size", "60", *SMALL[2:], "--nj", "2")
     assert proc.stderr.count("already done") == 4
 
 
@@ -61,7 +62,7 @@ def test_bengali_stages_0_3_all_corpora(corpora: dict[str, Path], tmp_path: Path
 
 
 @pytest.mark.slow
-def test_new_recipe_stages_1_3(corpora: dict[str, Path], tmp_path: Path, recipe_tools) -> None:  # noqa: ANN001
+def test_new_recipe_stages_0_3(corpora: dict[str, Path], tmp_path: Path, recipe_tools) -> None:  # noqa: ANN001
     _, run_recipe, check_prepared = recipe_tools
     root = tmp_path / "repo"
     (root / "egs").mkdir(parents=True)
@@ -76,11 +77,14 @@ def test_new_recipe_stages_1_3(corpora: dict[str, Path], tmp_path: Path, recipe_
     # what a filled-in local/prepare.sh writes: utterances.tsv (here from the OpenSLR 53 fixture)
     corpus = corpora["slr53"] / "asr_bengali"
     rows = [line.split("\t") for line in (corpus / "utt_spk_text.tsv").read_text(encoding="utf-8").splitlines()]
-    local = recipe / "data" / "local"
-    local.mkdir(parents=True)
-    (local / "utterances.tsv").write_text("".join(
+    listing = tmp_path / "utterances.tsv"
+    listing.write_text("".join(
         f"{u}\t{s}\t{corpus / 'data' / u[:2] / (u + '.flac')}\t{t}\n" for u, s, t in rows), encoding="utf-8")
-    run_recipe(recipe, "--stage", "1", "--stop-stage", "3", "--normalize", "bengali", "--language", "bn",
+    (recipe / "local" / "prepare.sh").write_text(f'#!/usr/bin/env bash\nmkdir -p "$2"\ncp {listing} "$2/utterances.tsv"\n')
+    # stage 1 reads stage 0's output: refused until stage 0 has run
+    proc = run_recipe(recipe, "--stage", "1", "--stop-stage", "1", check=False)
+    assert proc.returncode != 0 and "stage 0 (prepare) has not run" in proc.stderr
+    run_recipe(recipe, "--stage", "0", "--stop-stage", "3", "--normalize", "bengali", "--language", "bn",
                "--dev-fraction", "0.25", "--test-fraction", "0.25", "--model-type", "char", *SMALL)
     check_prepared(recipe, "mylang", ["train", "dev", "test"])
 
