@@ -165,6 +165,10 @@ _stage_key() {
 _explain_change() {
   # Why the record in marker $1 differs from the current record $2 (one line).
   local old=$1 new=$2 a b
+  if ! grep -q '^key=' "$old"; then
+    echo "its marker does not record its inputs (made by an older speechae)"
+    return
+  fi
   a=$(sed -n 's/^arg=//p' "$old" | tr '\n' ' ')
   b=$(grep '^arg=' <<< "$new" | sed 's/^arg=//' | tr '\n' ' ')
   if [ "$a" != "$b" ]; then
@@ -273,7 +277,10 @@ _stage_begin() {
       local o
       for o in $_s_outputs; do rm -rf "$o"; done
     elif [ -f "$_s_marker.running" ] && [ "$(_marker_field "$_s_marker.running" key)" != "$key" ]; then
-      why="$why; its unfinished outputs were made with other options (speechae refuses to resume a changed config)"
+      # an unfinished run of other options cannot be resumed with these: start afresh
+      local o
+      for o in $_s_outputs; do rm -rf "$o"; done
+      why="$why with other options; its unfinished outputs were removed"
     fi
     log "$label: start ($why)"
   fi

@@ -117,6 +117,15 @@ def test_rerun_is_a_no_op_and_a_changed_argument_reruns_with_its_reason(mini: Re
         in res.stderr
 
 
+def test_an_old_marker_without_inputs_reruns_its_stage(mini: Recipe) -> None:
+    mini.run(*DATA)
+    (mini.dir / "data" / ".stage2.fbank.done").write_text("finished 2024-01-01 in 3s: speechae compute-fbank ...\n")
+    mini.calls()
+    res = mini.run(*DATA)
+    assert "Stage 2 (fbank): rerun because its marker does not record its inputs" in res.stderr
+    assert [c.split()[0] for c in mini.calls()] == ["compute-fbank", "prepare-targets"]
+
+
 def test_a_changed_corpus_option_reruns_every_stage_that_reads_it(mini: Recipe) -> None:
     mini.run(*DATA)
     mini.calls()
@@ -279,8 +288,12 @@ def test_a_failing_run_does_not_stop_the_others_and_resumes(mini: Recipe) -> Non
     assert not (exp / "tiny_kl_s1" / ".stage4.train.done").exists()
     assert (exp / "tiny_kl_s1" / "checkpoints").is_dir()  # kept for the resume
     assert "evaluate" not in [c.split()[0] for c in mini.calls()]
-    res = mini.run("--stage", "4", "--stop-stage", "5")
+    res = mini.run("--stage", "4", "--stop-stage", "5", check=False, FAKE_FAIL="train:kl.yaml")
     assert "Stage 4 (train tiny_kl_s1): start (its last run did not finish)" in res.stderr
+    assert "unfinished outputs were removed" not in res.stderr  # resumed
+    res = mini.run("--stage", "4", "--stop-stage", "5", "--train-overrides", "optim.lr=0.01")
+    assert "Stage 4 (train tiny_kl_s1): start (its last run did not finish with other options; " \
+           "its unfinished outputs were removed)" in res.stderr
 
 
 def test_a_failed_rerun_of_a_finished_run_keeps_it_until_options_return(mini: Recipe) -> None:
