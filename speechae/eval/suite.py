@@ -194,10 +194,11 @@ def _probes(train: Encoded, test: Encoded, dev: Encoded, data: EvalData, cfg: Ev
                                  cfg.phone_probe_seeds)
         if cfg.stacks and train.stacks:
             stack_cfg = ProbeConfig(**{**cfg.phone_probe.__dict__, "epochs": cfg.stack_probe_epochs})
-            probes["phone_by_stack"] = {
-                k: {"per": phone_probe(Encoded(train.stacks[k][1], rate), Encoded(test.stacks[k][1], rate), data,
-                                       stack_cfg, f"{name}/{k}")["per"], "frame_rate": rate}
-                for k, (rate, _) in train.stacks.items()}
+            probes["phone_by_stack"] = {}
+            for k, (rate, _) in train.stacks.items():
+                r = phone_probe(Encoded(train.stacks[k][1], rate), Encoded(test.stacks[k][1], rate), data,
+                                stack_cfg, f"{name}/{k}")
+                probes["phone_by_stack"][k] = {"per": r["per"], "frame_rate": rate, "infeasible": r["infeasible"]}
     else:
         notes.append("phone probe skipped: no phone alignments")
     if data.labels.sp is not None and all(u.tokens for u in data.train + data.test):
