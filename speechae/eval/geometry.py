@@ -129,12 +129,13 @@ def lag_correlation(utts: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
 
 
 def _picks(lengths: Sequence[int], stride: int, num_frames: int, g: torch.Generator) -> list[torch.Tensor]:
-    """Per utterance, the frame indices kept: every ``stride``-th frame from a random offset,
-    then a random subset of at most ``num_frames`` in all (sorted within each utterance)."""
+    """Per utterance (all non-empty), the frame indices kept: every ``stride``-th frame from a
+    random offset, then a random subset of at most ``num_frames`` in all (sorted within each
+    utterance)."""
     per = []
-    for n in lengths:
-        off = int(torch.randint(stride, (1,), generator=g)) if n > 0 else 0
-        per.append(torch.arange(off, n, stride) if off < n else torch.zeros(0, dtype=torch.long))
+    for n in lengths:  # the offset stays inside the utterance: every utterance gives a frame
+        off = int(torch.randint(min(stride, n), (1,), generator=g))
+        per.append(torch.arange(off, n, stride))
     total = sum(len(p) for p in per)
     if total > num_frames:
         keep = torch.zeros(total, dtype=torch.bool)
