@@ -302,8 +302,11 @@ _stage_spawn() {
     for fd in $_SPEECHAE_CLOSE_FDS; do eval "exec $fd>&-"; done
     unset _SPEECHAE_CLOSE_FDS
     if [ -z "$_SPEECHAE_PREFIX" ]; then exec "$@"; fi
+    # The group gets SIGTERM: the command handles it (training checkpoints, exits 75) while this
+    # shell and the prefixing sed outlive it, so that its last lines and its status come through.
+    trap : TERM INT HUP
     set -o pipefail
-    "$@" 2>&1 | sed -u "s|^|$_SPEECHAE_PREFIX|" >&2' _ "${_s_cmd[@]}" < /dev/null &
+    "$@" 2>&1 | (trap "" TERM INT HUP; exec sed -u "s|^|$_SPEECHAE_PREFIX|") >&2' _ "${_s_cmd[@]}" < /dev/null &
   pid=$!
   _active+=("$pid")
   _j_n[$pid]=$_s_n; _j_name[$pid]=$_s_name; _j_marker[$pid]=$_s_marker; _j_key[$pid]=$_s_key
