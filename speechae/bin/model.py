@@ -7,19 +7,10 @@ from typing import Any
 
 import click
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from speechae.models import ModelConfig, build_model
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _flops(fn, *args) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return counter.get_total_flops()
+from speechae.utils.modelstats import count_flops
+from speechae.utils.modelstats import count_parameters as _count
 
 
 @torch.no_grad()
@@ -31,8 +22,8 @@ def summarize(cfg: ModelConfig, seconds: float = 10.0) -> dict[str, Any]:
     model = build_model(cfg).eval()
     frames = int(round(seconds * 100))
     feats, lens = torch.randn(1, frames, cfg.num_mel_bins), torch.tensor([frames])
-    enc_flops = _flops(model.encoder, feats, lens)
-    total_flops = _flops(model, feats, lens)
+    enc_flops = count_flops(lambda: model.encoder(feats, lens))
+    total_flops = count_flops(lambda: model(feats, lens))
     return {
         "preset": cfg.preset,
         "output_rate_hz": cfg.output_rate,

@@ -200,6 +200,7 @@ def read_utterances(corpus_dir: str | Path, checker: "Checker | None" = None) ->
     BadInputError naming file and line, or is skipped when ``checker`` says so."""
     from speechae.data.validate import BadInputError, Checker
 
+    own = checker is None  # our own checker: report what it found before returning
     checker = checker or Checker("fail")
     path = Path(corpus_dir) / "utterances.jsonl"
     if not path.is_file():
@@ -225,4 +226,6 @@ def read_utterances(corpus_dir: str | Path, checker: "Checker | None" = None) ->
                 utt = checker.ok(f"{path.name}:{i}", parse, raw, f"{path}:{i}")
                 if utt is not None:
                     out.append(utt)
+    if own:
+        checker.raise_if_failed()
     return out

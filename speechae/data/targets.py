@@ -68,9 +68,10 @@ def mfcc_from_fbank(fbank: np.ndarray, num_ceps: int = 13) -> np.ndarray:
     MFCC is the DCT-II of the log-mel spectrum, so deriving it from the stored fbank keeps the
     units exactly frame-aligned with the features the model sees.
     """
-    from scipy.fft import dct
+    from speechae.losses.prism import dct_matrix  # the one DCT-II of the project
 
-    ceps = dct(fbank.astype(np.float64), type=2, axis=1, norm="ortho")[:, :num_ceps]
+    basis = dct_matrix(fbank.shape[1], dtype=torch.float64).numpy()[:num_ceps]
+    ceps = fbank.astype(np.float64) @ basis.T
     pad = np.pad(ceps, ((2, 2), (0, 0)), mode="edge")
     delta = (pad[3:-1] - pad[1:-3] + 2 * (pad[4:] - pad[:-4])) / 10.0
     padd = np.pad(delta, ((2, 2), (0, 0)), mode="edge")
@@ -80,21 +81,17 @@ def mfcc_from_fbank(fbank: np.ndarray, num_ceps: int = 13) -> np.ndarray:
 
 
 def fit_kmeans(cuts: CutSet, num_clusters: int, max_frames: int = 200_000, seed: int = 0):  # noqa: ANN201
-    """MiniBatchKMeans on per-utterance mean-normalised MFCC of (a random subset of) ``cuts``."""
-    from sklearn.cluster import MiniBatchKMeans
+    """MiniBatchKMeans on per-utterance mean-normalised MFCC of (a random subset of) ``cuts``
+    (the same k-means as the PNMI evaluation: :func:`speechae.utils.kmeans.fit_kmeans`)."""
+    from speechae.utils.kmeans import fit_kmeans as kmeans
 
-    rng = np.random.default_rng(seed)
     feats = []
     for cut in tqdm(cuts, desc="mfcc (k-means fit)", unit="cut"):
         feats.append(_normalised_mfcc(cut))
     x = np.concatenate(feats)
-    if len(x) > max_frames:
-        x = x[rng.choice(len(x), max_frames, replace=False)]
     if len(x) < num_clusters:
         raise ValueError(f"{len(x)} frames cannot support {num_clusters} k-means clusters")
-    km = MiniBatchKMeans(n_clusters=num_clusters, random_state=seed, batch_size=4096, n_init=3, max_iter=100)
-    km.fit(x)
-    return km
+    return kmeans(x, num_clusters, seed=seed, max_frames=max_frames, batch_size=4096)
 
 
 def _normalised_mfcc(cut) -> np.ndarray:  # noqa: ANN001

@@ -41,6 +41,7 @@ from speechae.train.logger import add_file_handler
 from speechae.train.trainer import Trainer, build_dataloaders
 from speechae.utils.io import atomic_path, current_umask
 from speechae.utils.logging import setup_logging
+from speechae.utils.modelstats import count_parameters
 
 log = logging.getLogger("speechae.train")
 
@@ -296,8 +297,8 @@ def run_training(cfg: ExperimentConfig, exp_dir: str | Path, command: Sequence[s
         train_dl, valid_dl, _ = build_dataloaders(cfg, env)
         trainer = Trainer(cfg, exp_dir, env, train_dl, valid_dl)
         if env.is_main:
-            n = sum(p.numel() for p in trainer.model.parameters())
-            h = sum(p.numel() for p in trainer.composer.parameters())
+            n = count_parameters(trainer.model)
+            h = count_parameters(trainer.composer)
             log.info("model: %.2fM parameters (+%.2fM in objective heads)", n / 1e6, h / 1e6)
         return trainer.fit()
     except Exception:

@@ -48,3 +48,15 @@ def test_audio_differs_between_speakers():
     a = engine.synthesize("Good morning to you.", voice="en-us+m1", rate=150, pitch=30).audio
     b = engine.synthesize("Good morning to you.", voice="en-us+f2", rate=190, pitch=80).audio
     assert len(a) != len(b) or not np.array_equal(a, b)
+
+
+def test_read_utterances_without_a_checker_raises_on_a_bad_line(tmp_path):
+    """Called on its own, the reader reports bad records instead of dropping them silently."""
+    import pytest
+
+    from speechae.data.synth import read_utterances
+    from speechae.data.validate import BadInputError
+
+    (tmp_path / "utterances.jsonl").write_bytes(b'{"id": 1}\n\xff\xfe not json\n')
+    with pytest.raises(BadInputError, match="utterances.jsonl"):
+        read_utterances(tmp_path)
