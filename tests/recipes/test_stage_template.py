@@ -322,6 +322,9 @@ def test_killing_the_grid_stops_every_run(mini: Recipe) -> None:
     assert proc.returncode == 143, err
     assert all(_gone(w) for w in workers)
     assert "stopping 2 running stage(s)" in err
+    # the runs' own SIGTERM handling comes through the log prefixing: last line and exit 75
+    assert err.count("fake train: checkpoint written") == 2
+    assert err.count("stopped (exit 75: checkpoint written)") == 2 and "rerunning resumes it" in err
 
 
 # ---- tools/new_recipe.sh ---------------------------------------------------------------------
