@@ -34,11 +34,14 @@ import click
 @click.option("--stacks", is_flag=True, help="also run the phone probe on every encoder stack")
 @click.option("--num-threads", type=int, default=0, help="torch threads (0: leave the default)")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--baseline-cache", default="default", show_default=True,
+              help="directory for baseline scores shared by evaluations of the same data, settings and code "
+                   "('default': EXP_DIR/../.eval_cache; 'none': always recompute)")
 def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cuts: str | None, lang_dir: str | None,
              baselines: str, out_dir: str | None, weights: str, phone_probe: str, token_probe: str,
              probe_epochs: int, probe_seeds: int, token_probe_epochs: int, kmeans_k: int, abx_max_cells: int,
              max_train_utts: int | None, max_test_utts: int | None, stacks: bool, num_threads: int,
-             seed: int) -> None:
+             seed: int, baseline_cache: str) -> None:
     """Evaluate EXP_DIR's averaged model and baselines: EXP_DIR/eval/{metrics.json, report.md, *.png}."""
     from dataclasses import replace
 
@@ -57,7 +60,7 @@ def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cu
     cfg.token_probe = replace(cfg.token_probe, kind=token_probe, epochs=token_probe_epochs, seed=seed)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     metrics = evaluate_experiment(exp_dir, test_cuts, train_cuts, dev_cuts, lang_dir, names, cfg, out_dir,
-                                  weights=weights)
+                                  weights=weights, cache_dir=None if baseline_cache == "none" else baseline_cache)
     out = Path(out_dir or Path(exp_dir) / "eval")
     click.echo(f"wrote {out}/metrics.json and {out}/report.md in {metrics['eval_seconds']:.0f}s")
 

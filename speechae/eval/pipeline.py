@@ -113,11 +113,71 @@ def _figures(result: Any, data: EvalData, spectra: dict[str, Any], out_dir: Path
     return figs
 
 
+def _code_digest() -> str:
+    """Digest of the evaluation code: a cached baseline result is stale once any of it changes."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub in ("eval", "utils", "losses", "models", "data"):
+        for f in sorted((root / sub).glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def baseline_cache_key(system: FeatureEncoder, data_key: Mapping[str, Any], cfg: EvalConfig,
+                       model_config: Mapping[str, Any] | None = None) -> str:
+    """Content key of one baseline's scores: its name, the data files (path, size, mtime), the
+    evaluation settings, the model config (random_init only) and the evaluation code."""
+    import dataclasses
+    import hashlib
+
+    payload = {"system": system.name, "data": data_key, "cfg": repr(dataclasses.asdict(cfg)),
+               "model": model_config if system.name == "random_init" else None, "code": _code_digest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def data_fingerprint(paths: Mapping[str, Path]) -> dict[str, Any]:
+    """(path, size, mtime) of every data input; a directory is fingerprinted file by file."""
+    out: dict[str, Any] = {}
+    for name, p in sorted(paths.items()):
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        out[name] = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    return out
+
+
+def _score_baseline(b: FeatureEncoder, data: EvalData, cfg: EvalConfig, cache_dir: Path | None,
+                    key: str | None) -> tuple[dict[str, Any], dict[str, float]]:
+    """(sections, timings) of baseline ``b``: read from ``cache_dir/<key>.json`` when the same
+    baseline was scored on the same data, settings and code (the arms of a grid share it),
+    else scored and stored there."""
+    path = cache_dir / f"{b.name}-{key}.json" if cache_dir is not None and key else None
+    if path is not None and path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            log.info("baseline %s: cached scores %s", b.name, path)
+            return cached["sections"], cached["timings"]
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("baseline %s: ignoring unreadable cache %s (%s)", b.name, path, e)
+    res = score_system(b, data, cfg)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"sections": res.sections, "timings": res.timings}, default=float),
+                           encoding="utf-8")
+    return res.sections, res.timings
+
+
 def evaluate_system(system: FeatureEncoder, data: EvalData, out_dir: str | Path, baselines: Sequence[Any] = (),
                     cfg: EvalConfig = EvalConfig(), info: Mapping[str, Any] | None = None,
-                    exp_dir: str | Path | None = None) -> dict[str, Any]:
+                    exp_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                    cache_keys: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Score ``system`` and ``baselines`` (FeatureEncoders, or "mean_spectrum"), write
-    metrics.json / report.md / figures to ``out_dir``, return the metrics dict."""
+    metrics.json / report.md / figures to ``out_dir``, return the metrics dict.  With
+    ``cache_dir`` and ``cache_keys`` (baseline name -> :func:`baseline_cache_key`), baseline
+    scores are shared between evaluations of the same data."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,10 +200,10 @@ def evaluate_system(system: FeatureEncoder, data: EvalData, out_dir: str | Path,
             ref = mean_spectrum_metrics([u.log_mel for u in data.test], data.global_mean)
             metrics["baselines"]["mean_spectrum"] = {"reconstruction": ref["utterance_mean"]}
             continue
-        res = score_system(b, data, cfg)
-        metrics["baselines"][b.name] = res.sections
-        timings[b.name] = res.timings
-        spectra[b.name] = res.sections["geometry"]["covariance_spectrum"]
+        sections, timings[b.name] = _score_baseline(b, data, cfg, Path(cache_dir) if cache_dir else None,
+                                                    (cache_keys or {}).get(b.name))
+        metrics["baselines"][b.name] = sections
+        spectra[b.name] = sections["geometry"]["covariance_spectrum"]
     figs = _figures(result, data, spectra, out_dir, cfg, records)
     if (p := plot_summary({system.name: metrics, **metrics["baselines"]}, out_dir / "summary.png")) is not None:
         figs["headline metrics"] = p.name
@@ -218,10 +278,11 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
                         train_cuts: str | Path | None = None, dev_cuts: str | Path | None = None,
                         lang_dir: str | Path | None = None, baselines: Sequence[str] = DEFAULT_BASELINES,
                         cfg: EvalConfig = EvalConfig(), out_dir: str | Path | None = None,
-                        weights: str = "window") -> dict[str, Any]:
+                        weights: str = "window", cache_dir: str | Path | None = "default") -> dict[str, Any]:
     """Evaluate ``<exp_dir>``'s model (``weights``: see :func:`load_experiment_model`); data
     paths default to the experiment's resolved config (test cuts: see
-    :func:`default_test_cuts`)."""
+    :func:`default_test_cuts`).  Baseline scores are cached in ``cache_dir`` (``"default"``:
+    ``<exp_dir>/../.eval_cache``, shared by the runs of an experiment grid; None: no cache)."""
     exp_dir = Path(exp_dir)
     model, config, weight_info = load_experiment_model(exp_dir, weights)
     data_cfg = config.get("data", {})
@@ -235,5 +296,10 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
     systems = [make_baseline(b, config.get("model"), cfg.seed) for b in baselines]
     system = ModelEncoder(model, name=exp_dir.name, stacks=cfg.stacks)
     info = {"experiment": str(exp_dir), **weight_info, **{k: str(v) for k, v in paths.items()}}
+    if cache_dir == "default":
+        cache_dir = exp_dir.resolve().parent / ".eval_cache"
+    fingerprint = data_fingerprint(paths)
+    keys = {s.name: baseline_cache_key(s, fingerprint, cfg, config.get("model")) for s in systems if s is not None}
     return evaluate_system(system, data, out_dir or exp_dir / "eval", [s if s is not None else "mean_spectrum"
-                                                                       for s in systems], cfg, info, exp_dir)
+                                                                       for s in systems], cfg, info, exp_dir,
+                           cache_dir, keys)

@@ -256,3 +256,30 @@ def test_stack_probes_and_geometry_of_gaussian_model(tiny_dataset) -> None:
     g = res.sections["geometry"]
     assert len(g["kl_per_dim"]) == 8 and g["kl_total_nats"] == pytest.approx(sum(g["kl_per_dim"]), rel=1e-5)
     assert g["measured_on"] == "posterior samples" and 1 <= g["effective_rank_means"] <= 8
+
+
+def test_baselines_are_scored_once_per_grid(evaluated, tiny_dataset, monkeypatch) -> None:
+    """A second arm on the same data reuses the baseline scores (the arms of a grid share
+    them); other settings miss the cache."""
+    from speechae.eval import pipeline
+    from speechae.eval.suite import EvalConfig
+
+    exp, root = evaluated
+    first = json.loads((exp / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    cached = sorted(p.name.split("-")[0] for p in (root / ".eval_cache").glob("*.json"))
+    assert {"fbank", "mfcc", "random_init"} <= set(cached) and len(cached) == 4, cached  # + the hf model
+    calls = []
+    real = pipeline.score_system
+    monkeypatch.setattr(pipeline, "score_system", lambda s, d, c: calls.append(s.name) or real(s, d, c))
+    other = _make_experiment(root, tiny_dataset, seed=8)
+    cfg = EvalConfig(kmeans_k=8, abx_max_cells=50)
+    cfg.phone_probe.epochs = cfg.token_probe.epochs = 1
+    m = pipeline.evaluate_experiment(other, test_cuts=tiny_dataset.cuts("test"), baselines=("fbank", "mfcc"),
+                                     cfg=cfg)
+    assert calls == [other.name, "fbank", "mfcc"]  # new settings: scored ...
+    calls.clear()
+    again = pipeline.evaluate_experiment(other, test_cuts=tiny_dataset.cuts("test"), baselines=("fbank", "mfcc"),
+                                         cfg=cfg)
+    assert calls == [other.name]  # ... once
+    assert again["baselines"]["fbank"] == m["baselines"]["fbank"]
+    assert first["baselines"]["fbank"]["abx"] is not None
