@@ -149,25 +149,36 @@ def data_fingerprint(paths: Mapping[str, Path]) -> dict[str, Any]:
 
 
 def _score_baseline(b: FeatureEncoder, data: EvalData, cfg: EvalConfig, cache_dir: Path | None,
-                    key: str | None) -> tuple[dict[str, Any], dict[str, float]]:
-    """(sections, timings) of baseline ``b``: read from ``cache_dir/<key>.json`` when the same
-    baseline was scored on the same data, settings and code (the arms of a grid share it),
-    else scored and stored there."""
-    path = cache_dir / f"{b.name}-{key}.json" if cache_dir is not None and key else None
-    if path is not None and path.is_file():
+                    key: str | None, wait: bool = True) -> tuple[dict[str, Any], dict[str, float]] | None:
+    """(sections, timings) of baseline ``b``: read from ``cache_dir/<name>-<key>.json`` when the
+    same baseline was scored on the same data, settings and code (the arms of a grid share it),
+    else scored and stored there.  Scoring holds a lock, so evaluations running side by side
+    score each baseline once; with ``wait=False`` a baseline another process is scoring returns
+    None instead of waiting (the caller scores the other baselines first)."""
+    import fcntl
+
+    if cache_dir is None or not key:
+        res = score_system(b, data, cfg)
+        return res.sections, res.timings
+    path = cache_dir / f"{b.name}-{key}.json"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a+") as lock:
         try:
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            log.info("baseline %s: cached scores %s", b.name, path)
-            return cached["sections"], cached["timings"]
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("baseline %s: ignoring unreadable cache %s (%s)", b.name, path, e)
-    res = score_system(b, data, cfg)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                log.info("baseline %s: cached scores %s", b.name, path)
+                return cached["sections"], cached["timings"]
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("baseline %s: ignoring unreadable cache %s (%s)", b.name, path, e)
+        res = score_system(b, data, cfg)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"sections": res.sections, "timings": res.timings}, default=float),
                            encoding="utf-8")
-    return res.sections, res.timings
+        return res.sections, res.timings
 
 
 def evaluate_system(system: FeatureEncoder, data: EvalData, out_dir: str | Path, baselines: Sequence[Any] = (),
@@ -195,15 +206,23 @@ def evaluate_system(system: FeatureEncoder, data: EvalData, out_dir: str | Path,
     spectra = {system.name: result.sections["geometry"]["covariance_spectrum"]}
     timings = {system.name: result.timings}
     metrics["baselines"] = {}
+    pending = []
     for b in baselines:
         if b is None or b == "mean_spectrum":
             ref = mean_spectrum_metrics([u.log_mel for u in data.test], data.global_mean)
             metrics["baselines"]["mean_spectrum"] = {"reconstruction": ref["utterance_mean"]}
-            continue
-        sections, timings[b.name] = _score_baseline(b, data, cfg, Path(cache_dir) if cache_dir else None,
-                                                    (cache_keys or {}).get(b.name))
-        metrics["baselines"][b.name] = sections
-        spectra[b.name] = sections["geometry"]["covariance_spectrum"]
+        else:
+            pending.append(b)
+    for wait in (False, True):  # first those no other evaluation is scoring, then wait for the rest
+        for b in list(pending):
+            got = _score_baseline(b, data, cfg, Path(cache_dir) if cache_dir else None,
+                                  (cache_keys or {}).get(b.name), wait=wait)
+            if got is not None:
+                metrics["baselines"][b.name], timings[b.name] = got
+                spectra[b.name] = got[0]["geometry"]["covariance_spectrum"]
+                pending.remove(b)
+    metrics["baselines"] = {b if isinstance(b, str) else b.name: metrics["baselines"][b if isinstance(b, str) else b.name]
+                            for b in (("mean_spectrum" if b is None else b) for b in baselines)}
     figs = _figures(result, data, spectra, out_dir, cfg, records)
     if (p := plot_summary({system.name: metrics, **metrics["baselines"]}, out_dir / "summary.png")) is not None:
         figs["headline metrics"] = p.name
