@@ -50,6 +50,21 @@ class TrainConfig:
     find_unused_parameters: bool = True  # layer skipping and log-only heads leave params unused
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = True
+    # Zipformer's ScheduledFloat schedules (layer skipping, bypass, balancer limits) are defined
+    # over batches of ref_duration seconds of audio in all; the trainer gives the model
+    # step * max_duration * world_size * accum_grad / ref_duration (icefall's adjusted batch
+    # count, reference 600 s), so they advance with the data seen, not the number of updates.
+    ref_duration: float = 600.0
+
+
+def adjusted_batch_count(step: int, max_duration: float, world_size: int, accum_grad: int,
+                         ref_duration: float) -> float:
+    """Duration-normalised batch count for the Zipformer schedules: ``step`` updates of
+    ``max_duration`` s per rank and micro-batch, over ``world_size`` ranks, in units of
+    ``ref_duration`` s (icefall ``get_adjusted_batch_count``)."""
+    if ref_duration <= 0:
+        raise ValueError(f"train.ref_duration must be > 0, got {ref_duration}")
+    return float(step) * float(max_duration) * int(world_size) * int(accum_grad) / float(ref_duration)
 
 
 # What a resumed run may change without --allow-config-change: these keys decide how long,

@@ -37,7 +37,7 @@ from speechae.losses import build_losses
 from speechae.models import build_model
 from speechae.optim import build_optimizer
 from speechae.train import checkpoint as ck
-from speechae.train.config import ExperimentConfig
+from speechae.train.config import ExperimentConfig, adjusted_batch_count
 from speechae.train.distributed import DistEnv, all_reduce_max, all_reduce_sum
 from speechae.train.faults import (EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK, NonFiniteError, StopFlag,
                                    dump_debug)
@@ -175,7 +175,8 @@ class Trainer:
         """
         batches = [batch] if isinstance(batch, Mapping) else list(batch)
         self.module.train()
-        self.model.set_batch_count(float(self.step))
+        self.model.set_batch_count(adjusted_batch_count(self.step, self.cfg.data.max_duration, self.env.world_size,
+                                                        self.tc.accum_grad, self.tc.ref_duration))
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         finite = True
