@@ -15,6 +15,7 @@ Baselines (``--baselines``, comma-separated), all scored by the same code as the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -50,6 +51,18 @@ def resolve_path(path: str | Path, exp_dir: Path | None) -> Path:
         if (base / p).exists():
             return base / p
     return p
+
+
+def recipe_dir_of(path: str | Path, exp_dir: Path | None) -> Path:
+    """The directory a config's relative data path is relative to: the current directory when
+    the path exists from here, else the recipe directory found by :func:`resolve_path`."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or exp_dir is None:
+        return Path.cwd()
+    for base in (exp_dir.parent.parent, exp_dir.parent, exp_dir):
+        if (base / p).exists():
+            return base.resolve()
+    return Path.cwd()
 
 
 def default_test_cuts(data_cfg: Mapping[str, Any]) -> str:
@@ -311,7 +324,13 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
         "test_cuts": resolve_path(test_cuts or default_test_cuts(data_cfg), exp_dir),
         "lang_dir": resolve_path(lang_dir or data_cfg.get("lang_dir", "data/lang"), exp_dir),
     }
-    data = load_eval_data(paths["train_cuts"], paths["test_cuts"], paths["dev_cuts"], paths["lang_dir"], cfg)
+    # Manifests of a recipe store feature paths relative to the recipe directory: read them from
+    # there, so that evaluate works from any directory (the utterances are loaded into memory).
+    recipe_dir = recipe_dir_of(train_cuts or data_cfg["train_cuts"], exp_dir)
+    inputs = [paths[k].resolve() if paths[k].exists() else paths[k]
+              for k in ("train_cuts", "test_cuts", "dev_cuts", "lang_dir")]
+    with contextlib.chdir(recipe_dir):
+        data = load_eval_data(*inputs, cfg)
     systems = [make_baseline(b, config.get("model"), cfg.seed) for b in baselines]
     system = ModelEncoder(model, name=exp_dir.name, stacks=cfg.stacks)
     info = {"experiment": str(exp_dir), **weight_info, **{k: str(v) for k, v in paths.items()}}

@@ -283,3 +283,39 @@ def test_baselines_are_scored_once_per_grid(evaluated, tiny_dataset, monkeypatch
     assert calls == [other.name]  # ... once
     assert again["baselines"]["fbank"] == m["baselines"]["fbank"]
     assert first["baselines"]["fbank"]["abx"] is not None
+
+
+def test_evaluate_from_outside_the_recipe_directory(tiny_dataset, tmp_path, monkeypatch) -> None:
+    """Recipe manifests hold recipe-relative feature paths; evaluate works from any directory."""
+    import os
+
+    from lhotse import CutSet
+
+    from speechae.eval import pipeline
+    from speechae.eval.suite import EvalConfig
+
+    recipe = tmp_path / "recipe"
+    (recipe / "data").mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        cuts = CutSet.from_file(tiny_dataset.cuts(split))
+        rel = []
+        for c in cuts:
+            c.features.storage_path = os.path.relpath(c.features.storage_path, recipe)
+            rel.append(c)
+        CutSet.from_cuts(rel).to_file(recipe / "data" / f"x_cuts_{split}.jsonl.gz")
+    os.symlink(tiny_dataset.lang, recipe / "data" / "lang")
+    exp = _make_experiment(recipe / "exp", tiny_dataset)
+    cfg_path = exp / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    cfg["data"].update(train_cuts="data/x_cuts_train.jsonl.gz", dev_cuts="data/x_cuts_dev.jsonl.gz",
+                       lang_dir="data/lang")
+    cfg_path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ecfg = EvalConfig(kmeans_k=4, abx_max_cells=10)
+    ecfg.phone_probe.epochs = ecfg.token_probe.epochs = 1
+    m = pipeline.evaluate_experiment(Path(os.path.relpath(exp, elsewhere)), baselines=(), cfg=ecfg,
+                                     cache_dir=None)
+    assert m["num_test_utts"] > 0 and m["num_dev_utts"] > 0 and Path.cwd() == elsewhere
+    assert (exp / "eval" / "metrics.json").is_file()
