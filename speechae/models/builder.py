@@ -103,8 +103,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "encoder": dict(_ZIP_COMMON, dims=[192, 256, 384, 512, 384, 256],
                         num_layers=[2, 2, 3, 4, 3, 2], ff_dims=[512, 768, 1024, 1536, 1024, 768],
                         num_heads=[4, 4, 4, 8, 4, 4]),
-        "decoder": dict(dim=384, num_layers=6, ff_dim=1024, num_heads=4, kernel_size=15,
-                        up_dim=192, num_conv_blocks=3, up_kernel_size=7, dropout=0.1),
+        "decoder": dict(dim=256, num_layers=4, ff_dim=768, num_heads=4, kernel_size=15,
+                        up_dim=128, num_conv_blocks=3, up_kernel_size=7, dropout=0.1),
     },
     "L": {
         "encoder": dict(_ZIP_COMMON, dims=[192, 256, 512, 768, 512, 256],
