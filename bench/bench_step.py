@@ -26,6 +26,20 @@ separate package (``speechae_ref``) and runs the old and the new step alternatel
 same process on the same batch, so machine noise hits both alike (the only fair A/B on a
 shared machine).  Use ``--threads 1`` on CPU (OpenMP barriers on an oversubscribed machine
 make small ops look far slower than they are).
+
+Findings (issue 12; CPU, 1 thread, 4 x 7.5 s, sigreg arm; old = 7e60317~1, interleaved):
+
+* tiny: 48.0 -> 64.3 audio-s/s (x1.34); encoder 373 -> 278 ms, decoder 84 -> 74, optimizer
+  34 -> 17, rest 75 -> 53; autograd-saved memory 240 -> 200 MiB; 0.66 -> 0.51 GFLOP/audio-s.
+  What is left: the front-end (3x3 convs at 100/50 Hz, ~40 % of the encoder, at ~75 % of the
+  matmul roofline, so only fewer FLOPs help), SIGReg's sin/cos over 1024 frames x 256
+  directions x 17 knots (~10 % of the step), then many small element-wise ops.
+* M: 5.24 -> 7.61 audio-s/s (x1.45); decoder 1928 -> 719 ms (41 -> 14 GFLOP forward: 4 x 256
+  layers at 25 Hz instead of 6 x 384), optimizer 407 -> 254 ms (bandwidth-bound: fewer
+  passes), saved memory 1645 -> 1144 MiB.  The step is matmul-bound (mm/addmm ~55 %).
+* Tried and dropped: a shifted multiply-add depthwise conv (faster alone, slower inside the
+  conv module than oneDNN on the (B, C, T) view); im2col + matmul for the dense front-end
+  convs (2x slower than oneDNN except for the 1-input-channel conv, which is now im2col).
 """
 
 from __future__ import annotations
@@ -50,12 +64,13 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "egs" / "mini" / "ae" / "conf" / "arms"
 
 
-def load_reference(rev: str) -> str:
-    """Import the ``speechae`` package of git revision ``rev`` as ``speechae_ref`` and return
-    that name (absolute ``speechae`` imports inside it are rewritten)."""
+def load_reference(rev: str) -> tuple[str, Path]:
+    """Import the ``speechae`` package of git revision ``rev`` as ``speechae_ref`` (absolute
+    ``speechae`` imports inside it are rewritten); return that name and the recipe's config
+    directory at ``rev`` (the old code reads the old config)."""
     out = Path(tempfile.mkdtemp(prefix="speechae_ref_"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "speechae"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "speechae", "egs/mini/ae/conf"],
+                             check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     (out / "speechae").rename(out / "speechae_ref")
     pattern = re.compile(r"^(\s*)(from|import) speechae(\b)", re.M)
@@ -64,7 +79,7 @@ def load_reference(rev: str) -> str:
         path.write_text(pattern.sub(r"\1\2 speechae_ref\3", text), encoding="utf-8")
     sys.path.insert(0, str(out))
     importlib.import_module("speechae_ref")
-    return "speechae_ref"
+    return "speechae_ref", out / CONF.relative_to(REPO)
 
 
 def make_batch(utts: int, utt_seconds: float, num_units: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -79,12 +94,13 @@ def make_batch(utts: int, utt_seconds: float, num_units: int, seed: int = 0) -> 
     return {"features": x, "feature_lens": lens, "units": units}
 
 
-def build_trainer(pkg: str, preset: str, arm: str, amp: str, device: torch.device) -> Any:
-    """A Trainer of package ``pkg`` (speechae or speechae_ref) on the tiny recipe's config."""
+def build_trainer(pkg: str, conf: Path, preset: str, arm: str, amp: str, device: torch.device) -> Any:
+    """A Trainer of package ``pkg`` (speechae or speechae_ref) on the tiny recipe's arm config
+    ``conf/<arm>.yaml`` with ``model.preset`` replaced."""
     config = importlib.import_module(f"{pkg}.train.config")
     distributed = importlib.import_module(f"{pkg}.train.distributed")
     trainer = importlib.import_module(f"{pkg}.train.trainer")
-    cfg = config.load_experiment_config(CONF / f"{arm}.yaml", [f"model.preset={preset}", f"train.amp={amp}",
+    cfg = config.load_experiment_config(conf / f"{arm}.yaml", [f"model.preset={preset}", f"train.amp={amp}",
                                                                 f"train.device={device.type}"])
     tmp = tempfile.mkdtemp(prefix="speechae_bench_step_")
     return trainer.Trainer(cfg, tmp, distributed.DistEnv(device=device))
@@ -184,10 +200,14 @@ def matmul_roofline(dtype: torch.dtype, device: torch.device, n: int = 1024, rep
     return 2 * n ** 3 / best
 
 
-def measure(variants: dict[str, StepParts], rounds: int, device: torch.device) -> dict[str, dict[str, float]]:
-    """Alternate the variants round by round; medians of each timed part (seconds)."""
+def measure(variants: dict[str, StepParts], rounds: int, device: torch.device,
+            roofline: Callable[[], float] | None = None) -> tuple[dict[str, dict[str, float]], float]:
+    """Alternate the variants round by round; medians of each timed part (seconds), and the
+    best matmul FLOP/s sampled once per round (a single sample on a shared machine can land
+    on a busy moment and make the roofline share exceed 1)."""
     times: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
     names = ("step", "encoder", "decoder", "optimizer")
+    peak = 0.0
     for parts in variants.values():  # warm-up: allocator, lazy state, clipping history
         for _ in range(2):
             parts.step()
@@ -203,12 +223,14 @@ def measure(variants: dict[str, StepParts], rounds: int, device: torch.device) -
                     parts.tr.optimizer.zero_grad(set_to_none=True)
                 times[key].setdefault(name, []).append(_timed(fn, device))
             parts.tr.optimizer.zero_grad(set_to_none=True)
+        if roofline is not None:
+            peak = max(peak, roofline())
     out = {}
     for key, t in times.items():
         med = {name: statistics.median(v) for name, v in t.items()}
         med["rest"] = max(med["step"] - med["encoder"] - med["decoder"] - med["optimizer"], 0.0)
         out[key] = med
-    return out
+    return out, peak
 
 
 def main() -> None:
@@ -228,18 +250,19 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    pkgs = {"new": "speechae"}
+    pkgs = {"new": ("speechae", CONF)}
     if args.compare_ref:
-        pkgs = {"ref": load_reference(args.compare_ref), "new": "speechae"}
+        pkgs = {"ref": load_reference(args.compare_ref), "new": ("speechae", CONF)}
     batch = make_batch(args.utts, args.utt_seconds, num_units=50)
     audio = float(batch["feature_lens"].sum()) / 100.0
     rows = []
     for preset in args.presets:
         for amp in args.amp:
-            variants = {k: StepParts(build_trainer(p, preset, args.arm, amp, device), batch) for k, p in pkgs.items()}
-            med = measure(variants, args.rounds, device)
+            variants = {k: StepParts(build_trainer(pkg, conf, preset, args.arm, amp, device), batch)
+                        for k, (pkg, conf) in pkgs.items()}
             mm_dtype = torch.bfloat16 if amp == "bf16" else torch.float16 if amp == "fp16" else torch.float32
-            peak = matmul_roofline(mm_dtype, device) if not args.no_flops else None
+            med, peak = measure(variants, args.rounds, device,
+                                None if args.no_flops else lambda: matmul_roofline(mm_dtype, device))
             for key, parts in variants.items():
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()

@@ -112,3 +112,47 @@ def test_limit_param_value_keeps_inward_gradients() -> None:
     x.grad = None
     limit_param_value(x, 0.2, 1.0).backward(torch.tensor([1.0, 1.0, -1.0]))  # both outward
     assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_shared_dropout_mask_is_shared_over_time() -> None:
+    from speechae.models.scaling import SharedDropout
+
+    torch.manual_seed(0)
+    drop = SharedDropout(0.5)
+    x = torch.ones(3, 50, 16)
+    y = drop(x)
+    # every (sequence, channel) is either dropped for all frames or kept (scaled) for all
+    assert torch.equal(y, y[:, :1].expand_as(y))
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_rel_shift_equals_gather_and_its_gradient() -> None:
+    from speechae.models.zipformer import rel_shift
+
+    b, h, t = 2, 3, 9
+    scores = torch.randn(b, h, t, 2 * t - 1, requires_grad=True)
+    idx = torch.arange(t)
+    col = (idx[None, :] - idx[:, None] + t - 1).expand(b, h, t, t)  # offset j - i at column j - i + T - 1
+    want = scores.gather(-1, col)
+    got = rel_shift(scores)
+    assert torch.equal(got, want)
+    g = torch.randn_like(want)
+    (ga,) = torch.autograd.grad(want, scores, g)
+    (gb,) = torch.autograd.grad(got, scores, g)
+    assert torch.equal(ga, gb)
+
+
+def test_front_end_single_channel_conv_matches_conv2d() -> None:
+    from speechae.models.zipformer import Conv2dSubsampling
+
+    torch.manual_seed(0)
+    m = Conv2dSubsampling(80, 32, channels=(8, 16, 32))
+    h = torch.randn(2, 1, 23, 80, requires_grad=True)
+    a, b = m._conv1(h), m.conv1(h)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(a)
+    ga = torch.autograd.grad(a, [h, m.conv1.weight, m.conv1.bias], g)
+    gb = torch.autograd.grad(b, [h, m.conv1.weight, m.conv1.bias], g)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
