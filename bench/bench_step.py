@@ -27,19 +27,23 @@ same process on the same batch, so machine noise hits both alike (the only fair 
 shared machine).  Use ``--threads 1`` on CPU (OpenMP barriers on an oversubscribed machine
 make small ops look far slower than they are).
 
-Findings (issue 12; CPU, 1 thread, 4 x 7.5 s, sigreg arm; old = 7e60317~1, interleaved):
+Findings (issue 12; CPU, 1 thread, 4 x 7.5 s, sigreg arm; old = 7e60317~1, interleaved, on
+a shared 2-core machine, so ratios move by ~0.1 between runs):
 
-* tiny: 48.0 -> 64.3 audio-s/s (x1.34); encoder 373 -> 278 ms, decoder 84 -> 74, optimizer
-  34 -> 17, rest 75 -> 53; autograd-saved memory 240 -> 200 MiB; 0.66 -> 0.51 GFLOP/audio-s.
+* tiny: 42.7 -> 51.3 audio-s/s (x1.20); encoder 403 -> 345 ms, decoder 93 -> 99, optimizer
+  35 -> 21, rest 106 -> 64; autograd-saved memory 240 -> 213 MiB; 0.66 -> 0.51 GFLOP/audio-s.
   What is left: the front-end (3x3 convs at 100/50 Hz, ~40 % of the encoder, at ~75 % of the
   matmul roofline, so only fewer FLOPs help), SIGReg's sin/cos over 1024 frames x 256
-  directions x 17 knots (~10 % of the step), then many small element-wise ops.
-* M: 5.24 -> 7.61 audio-s/s (x1.45); decoder 1928 -> 719 ms (41 -> 14 GFLOP forward: 4 x 256
-  layers at 25 Hz instead of 6 x 384), optimizer 407 -> 254 ms (bandwidth-bound: fewer
-  passes), saved memory 1645 -> 1144 MiB.  The step is matmul-bound (mm/addmm ~55 %).
-* Tried and dropped: a shifted multiply-add depthwise conv (faster alone, slower inside the
-  conv module than oneDNN on the (B, C, T) view); im2col + matmul for the dense front-end
-  convs (2x slower than oneDNN except for the 1-input-channel conv, which is now im2col).
+  directions x 17 knots (~10 % of the step), i.i.d. dropout masks (~5 %), many small ops.
+  bf16 autocast: x1.3 more (one round: 35 -> 46 audio-s/s).
+* M: 4.67 -> 6.34 audio-s/s (x1.36; x1.45-1.50 with time-shared dropout); decoder 2111 ->
+  836 ms (41 -> 14 GFLOP forward: 4 x 256 layers at 25 Hz instead of 6 x 384), optimizer
+  447 -> 296 ms (bandwidth-bound: fewer passes), saved memory 1645 -> 1263 MiB.  The step is
+  matmul-bound (mm/addmm ~55 % of the time).
+* Tried and dropped: time-shared dropout (reference behaviour; cost 3-5 % dev recon on the
+  tiny recipe); a shifted multiply-add depthwise conv (faster alone, slower inside the conv
+  module than oneDNN on the (B, C, T) view); im2col + matmul for the dense front-end convs
+  (2x slower than oneDNN except for the 1-input-channel conv, which is now im2col).
 """
 
 from __future__ import annotations
