@@ -15,9 +15,10 @@ source "$root/tools/ae_stages.sh"
 recipe_title="tiny synthetic English+Bengali recipe"
 prefix=mini
 stage_names=(synth manifests)
-# shared options: this recipe's defaults (2 CPU cores: two runs side by side, one thread each)
+# shared options: this recipe's defaults (2 CPU cores: the three arms side by side, one thread each;
+# three at once finish sooner than two-then-one)
 nj=2; vocab_size=256; num_clusters=50; model_size=tiny
-arms="none kl sigreg"; seeds=1; parallel_jobs=2; train_threads=1
+arms="none kl sigreg"; seeds=1; parallel_jobs=3; train_threads=1
 
 opt_group "Corpus (stages 0-1)"
 opt num_speakers 12 posint "pseudo-speakers (>= 8): 2 dev and 2 test speakers are held out"
