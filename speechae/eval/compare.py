@@ -68,6 +68,7 @@ class Metric:
     better: str | None = "lower"
     primary: bool = False
     chance_keys: tuple[str, ...] = ()
+    bounds: tuple[float, float] | None = None  # the metric's range: intervals are clipped to it
 
 
 HEADLINE: list[Metric] = [
@@ -77,12 +78,12 @@ HEADLINE: list[Metric] = [
     Metric("phone PER %", ("probes.phone.per",), 100.0, primary=True),
     Metric("CER %", ("probes.token.cer",), 100.0, primary=True),
     Metric("WER %", ("probes.token.wer",), 100.0),
-    Metric("speaker acc %", ("probes.speaker.accuracy",), 100.0, "higher"),
-    Metric("language acc %", ("probes.language.accuracy",), 100.0, "higher"),
-    Metric("ABX within %", ("abx.within_error_pct",), primary=True),
-    Metric("ABX across %", ("abx.across_error_pct",), primary=True),
-    Metric("PNMI", ("pnmi.pnmi",), better="higher", primary=True),
-    Metric("phone purity", ("pnmi.phone_purity",), better="higher"),
+    Metric("speaker acc %", ("probes.speaker.accuracy",), 100.0, "higher", bounds=(0.0, 100.0)),
+    Metric("language acc %", ("probes.language.accuracy",), 100.0, "higher", bounds=(0.0, 100.0)),
+    Metric("ABX within %", ("abx.within_error_pct",), primary=True, bounds=(0.0, 100.0)),
+    Metric("ABX across %", ("abx.across_error_pct",), primary=True, bounds=(0.0, 100.0)),
+    Metric("PNMI", ("pnmi.pnmi",), better="higher", primary=True, bounds=(0.0, 1.0)),
+    Metric("phone purity", ("pnmi.phone_purity",), better="higher", bounds=(0.0, 1.0)),
     Metric("effective rank", ("geometry.effective_rank",), better="higher"),
     Metric("active units", ("geometry.active_units",), better="higher"),
     Metric("EP standardised", ("geometry.ep_std", "geometry.ep_standardized"), better="zero", primary=True),
@@ -336,7 +337,9 @@ def summarize(group: Sequence[Run]) -> dict[str, Summary]:
     for m in HEADLINE:
         vals = [r.values[m.label] for r in group if m.label in r.values]
         if vals:
-            out[m.label] = t_summary(vals)
+            out[m.label] = s = t_summary(vals)
+            if m.bounds is not None and s.ci is not None:  # a t-interval knows no range
+                s.ci = (max(s.ci[0], m.bounds[0]), min(s.ci[1], m.bounds[1]))
     return out
 
 
@@ -625,8 +628,9 @@ def _arms_table(labels: Sequence[str], arms: Sequence[Sequence[Run]], reference:
 
 
 _INTRO = (
-    "Arms are groups of runs whose resolved configs differ only in `train.seed`.  Cells: mean ± sample "
-    "std [95 % Student-t interval] over the arm's runs; a single run is shown with `(n=1)`, without a "
+    "Arms are groups of runs whose resolved configs differ only in their seeds (`train.seed`, `data.seed`).  "
+    "Cells: mean ± sample std [95 % Student-t interval, clipped to the metric's range (accuracies, ABX, PNMI)] "
+    "over the arm's runs; a single run is shown with `(n=1)`, without a "
     "spread or an interval.  Better: ↓ lower, ↑ higher, → 0 closest to zero, info = descriptive.  "
     "Chance: each run's reported chance level (or null floor); baselines: systems scored on the same "
     "test split beside each run (a range when runs disagree).")

@@ -303,3 +303,12 @@ def test_cli_reference_option(three_arms: list[Path], tmp_path: Path) -> None:
     assert {d["arm"] for d in data["differences"]} == {"tiny_kl", "tiny_none"}
     res = CliRunner().invoke(main, args + ["--reference", "vq"])
     assert res.exit_code == 2 and "matches no arm" in res.output
+
+
+def test_intervals_of_bounded_metrics_stay_in_range() -> None:
+    """Accuracies near 100 % over 3 seeds: the t-interval is clipped to [0, 100]."""
+    runs = [C.Run(f"a_s{s}", Path("."), {"train.seed": s}, {"speaker acc %": v, "phone PER %": v})
+            for s, v in ((1, 100.0), (2, 99.0), (3, 88.0))]
+    stats = C.summarize(runs)
+    assert stats["speaker acc %"].ci[1] == 100.0 and stats["speaker acc %"].ci[0] < 90.0
+    assert stats["phone PER %"].ci[1] > 100.0  # an error rate is not clipped (WER can exceed 100 %)
