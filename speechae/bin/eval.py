@@ -31,6 +31,13 @@ import click
               help="ABX cells (context x speaker x phone pair) scored at most")
 @click.option("--max-train-utts", type=int, default=None, help="cap on training-split utterances for probes")
 @click.option("--max-test-utts", type=int, default=None, help="cap on test / dev utterances")
+@click.option("--max-train-hours", type=float, default=1.0, show_default=True,
+              help="audio hours of the training split that probes and k-means are fitted on: a seeded sample "
+                   "when the split is longer (0: all; memory grows with it)")
+@click.option("--max-test-hours", type=float, default=1.0, show_default=True,
+              help="audio hours scored per test / dev split: a seeded sample when longer (0: all)")
+@click.option("--device", default="auto", show_default=True,
+              help="where neural systems encode, batch by batch: auto (GPU when present), cpu, cuda[:i]")
 @click.option("--stacks", is_flag=True, help="also run the phone probe on every encoder stack")
 @click.option("--num-threads", type=int, default=0, help="torch threads (0: leave the default)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -40,8 +47,8 @@ import click
 def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cuts: str | None, lang_dir: str | None,
              baselines: str, out_dir: str | None, weights: str, phone_probe: str, token_probe: str,
              probe_epochs: int, probe_seeds: int, token_probe_epochs: int, kmeans_k: int, abx_max_cells: int,
-             max_train_utts: int | None, max_test_utts: int | None, stacks: bool, num_threads: int,
-             seed: int, baseline_cache: str) -> None:
+             max_train_utts: int | None, max_test_utts: int | None, max_train_hours: float, max_test_hours: float,
+             device: str, stacks: bool, num_threads: int, seed: int, baseline_cache: str) -> None:
     """Evaluate EXP_DIR's averaged model and baselines: EXP_DIR/eval/{metrics.json, report.md, *.png}."""
     from dataclasses import replace
 
@@ -55,12 +62,15 @@ def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cu
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     cfg = EvalConfig(kmeans_k=kmeans_k, abx_max_cells=abx_max_cells, max_train_utts=max_train_utts,
-                     max_test_utts=max_test_utts, stacks=stacks, seed=seed, phone_probe_seeds=probe_seeds)
+                     max_test_utts=max_test_utts, max_train_hours=max_train_hours or None,
+                     max_test_hours=max_test_hours or None, stacks=stacks, seed=seed,
+                     phone_probe_seeds=probe_seeds)
     cfg.phone_probe = replace(cfg.phone_probe, kind=phone_probe, epochs=probe_epochs, seed=seed)
     cfg.token_probe = replace(cfg.token_probe, kind=token_probe, epochs=token_probe_epochs, seed=seed)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     metrics = evaluate_experiment(exp_dir, test_cuts, train_cuts, dev_cuts, lang_dir, names, cfg, out_dir,
-                                  weights=weights, cache_dir=None if baseline_cache == "none" else baseline_cache)
+                                  weights=weights, cache_dir=None if baseline_cache == "none" else baseline_cache,
+                                  device=device)
     out = Path(out_dir or Path(exp_dir) / "eval")
     click.echo(f"wrote {out}/metrics.json and {out}/report.md in {metrics['eval_seconds']:.0f}s")
 

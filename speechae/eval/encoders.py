@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -62,14 +62,64 @@ class Encoded:
     stacks: dict[str, tuple[float, list[np.ndarray]]] = field(default_factory=dict)
 
 
-def load_utterances(cuts: CutSet, labels: Labels, max_utts: int | None = None, seed: int = 0,
-                    chunk: int = 32, desc: str = "load") -> list[Utterance]:
-    """Utterances of ``cuts`` (a reproducible random subset of ``max_utts`` when given),
-    sorted by cut id; labels come from the datamodule's batch dict."""
-    cut_list = sorted(cuts, key=lambda c: c.id)
-    if max_utts is not None and len(cut_list) > max_utts:
-        rng = np.random.default_rng(seed)
-        cut_list = [cut_list[i] for i in sorted(rng.choice(len(cut_list), max_utts, replace=False))]
+@dataclass
+class Sample:
+    """Which cuts of a split an evaluation uses: the selected cuts (sorted by id) and the
+    split's and the sample's size, written to metrics.json (``data.<split>``)."""
+
+    cuts: list[Any]
+    num_utts_total: int
+    hours_total: float
+    max_utts: int | None = None
+    max_hours: float | None = None
+
+    @property
+    def hours(self) -> float:
+        """Audio hours of the selected cuts."""
+        return sum(float(c.duration) for c in self.cuts) / 3600.0
+
+    def summary(self) -> dict[str, Any]:
+        """The sample's record for metrics.json."""
+        return {"num_utts": len(self.cuts), "hours": round(self.hours, 4), "num_utts_total": self.num_utts_total,
+                "hours_total": round(self.hours_total, 4), "max_utts": self.max_utts, "max_hours": self.max_hours,
+                "capped": len(self.cuts) < self.num_utts_total}
+
+
+def sample_cuts(cuts: Iterable[Any], max_utts: int | None = None, max_hours: float | None = None,
+                seed: int = 0) -> Sample:
+    """A reproducible random subset of ``cuts`` of at most ``max_utts`` utterances and
+    ``max_hours`` of audio (None or <= 0: no cap), sorted by cut id.
+
+    Two passes over ``cuts`` (which may be a lazy manifest): the first keeps only ids and
+    durations, the second only the chosen cuts, so memory follows the sample, not the corpus.
+    Under both caps every cut is kept; the utterance cap draws as before (``rng.choice``); the
+    hour cap then walks a seeded permutation and keeps cuts while they fit (at least one)."""
+    entries = sorted((c.id, float(c.duration)) for c in cuts)
+    n = len(entries)
+    keep = np.arange(n)
+    rng = np.random.default_rng(seed)
+    if max_utts is not None and max_utts > 0 and n > max_utts:
+        keep = np.sort(rng.choice(n, max_utts, replace=False))
+    total = sum(d for _, d in entries)
+    if max_hours is not None and max_hours > 0 and sum(entries[i][1] for i in keep) > 3600.0 * max_hours:
+        budget, chosen = 3600.0 * max_hours, []
+        for i in rng.permutation(keep):
+            if chosen and entries[i][1] > budget:
+                continue
+            chosen.append(int(i))
+            budget -= entries[i][1]
+        keep = np.sort(np.array(chosen))
+    wanted = {entries[i][0] for i in keep}
+    picked = sorted((c for c in cuts if c.id in wanted), key=lambda c: c.id)
+    return Sample(picked, n, total / 3600.0, max_utts, max_hours)
+
+
+def load_utterances(cuts: Iterable[Any], labels: Labels, max_utts: int | None = None, seed: int = 0,
+                    chunk: int = 32, desc: str = "load", max_hours: float | None = None) -> list[Utterance]:
+    """Utterances of ``cuts`` (a reproducible random subset within ``max_utts`` /
+    ``max_hours`` when given: :func:`sample_cuts`), sorted by cut id; labels come from the
+    datamodule's batch dict."""
+    cut_list = cuts.cuts if isinstance(cuts, Sample) else sample_cuts(cuts, max_utts, max_hours, seed).cuts
     ds = AEDataset(labels)
     by_id = {c.id: c for c in cut_list}
     out: dict[str, Utterance] = {}
@@ -114,7 +164,7 @@ def _batches(utts: Sequence[Utterance], max_frames: int) -> list[list[int]]:
 def _unpad(x: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
     """The valid frames of each sequence of a padded batch (B, T, C) as float32 arrays."""
     valid = x[lengths_to_mask(lengths.to(x.device), x.shape[1])].float().cpu()
-    return [t.numpy() for t in torch.split(valid, [int(n) for n in lengths])]
+    return [t.numpy() for t in torch.split(valid, lengths.cpu().tolist())]
 
 
 class FeatureEncoder:
@@ -161,61 +211,94 @@ class MFCCEncoder(FeatureEncoder):
         return {"params": 0, "encoder_gflops_per_audio_s": 0.0, "gflops_per_audio_s": 0.0}
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: the GPU when one is present, else the CPU; ``cpu`` / ``cuda[:i]`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is visible")
+    return torch.device(device)
+
+
+@dataclass
+class EncodedBatch:
+    """One batch of :meth:`ModelEncoder.stream`: the utterance indices it covers and, for
+    each, its features (and log-variances, reconstructions, stacks when asked), on the CPU."""
+
+    idx: list[int]
+    feats: list[np.ndarray]
+    logvar: list[np.ndarray] | None = None
+    recon: list[np.ndarray] | None = None
+    stacks: dict[str, tuple[float, list[np.ndarray]]] = field(default_factory=dict)
+
+
 class ModelEncoder(FeatureEncoder):
-    """A SpeechAE in inference mode (no dropout, Gaussian mean, no decoder-input noise)."""
+    """A SpeechAE in inference mode (no dropout, Gaussian mean, no decoder-input noise), run
+    batch by batch on ``device`` (``auto``: the GPU when present); only each batch's padded
+    input lives on the device, and its outputs come back to the CPU before the next one."""
 
     is_autoencoder = True
 
     def __init__(self, model: torch.nn.Module, name: str = "model", stacks: bool = False,
-                 max_frames: int = 8000) -> None:
-        self.model = model.eval()
+                 max_frames: int = 8000, device: str | torch.device = "cpu") -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.eval().to(self.device)
         self.name = name
         self.stacks = stacks
         self.max_frames = max_frames
 
     @torch.no_grad()
+    def stream(self, utts: Sequence[Utterance], with_recon: bool = False) -> Iterator[EncodedBatch]:
+        """Encode ``utts`` in length-sorted batches of at most ``max_frames`` padded frames,
+        yielding each batch's CPU arrays as soon as it is done."""
+        for idx in tqdm(_batches(utts, self.max_frames), desc=f"encode {self.name}", leave=False, disable=None):
+            lens = torch.tensor([len(utts[i].log_mel) for i in idx])
+            x = torch.zeros(len(idx), int(lens.max()), utts[idx[0]].log_mel.shape[1])
+            for b, i in enumerate(idx):
+                x[b, : lens[b]] = torch.from_numpy(utts[i].log_mel)
+            x, dev_lens = x.to(self.device, non_blocking=True), lens.to(self.device)
+            if with_recon:
+                out = self.model(x, dev_lens)
+                z, zlens, lv = (out.z_mean if out.z_mean is not None else out.z), out.z_lengths, out.z_logvar
+            else:  # encoder only: the decoder is not needed for probes
+                enc = self.model.encode(x, dev_lens)
+                z, zlens, lv = enc.z, enc.z_lengths, None
+            batch = EncodedBatch(idx, _unpad(z, zlens), _unpad(lv, zlens) if lv is not None else None,
+                                 _unpad(out.recon, lens) if with_recon else None)
+            if self.stacks:
+                enc = self.model.encode(x, dev_lens, return_stacks=True)
+                batch.stacks = {f"stack{k}": (float(st.frame_rate), _unpad(st.x, st.lengths))
+                                for k, st in enumerate(enc.stacks or [])}
+            yield batch
+
     def encode(self, utts: Sequence[Utterance], with_recon: bool = False) -> Encoded:
         n = len(utts)
         feats: list[Any] = [None] * n
         logvar: list[Any] = [None] * n
         recon: list[Any] = [None] * n
         stacks: dict[str, tuple[float, list[Any]]] = {}
-        for idx in tqdm(_batches(utts, self.max_frames), desc=f"encode {self.name}", leave=False, disable=None):
-            lens = torch.tensor([len(utts[i].log_mel) for i in idx])
-            x = torch.zeros(len(idx), int(lens.max()), utts[idx[0]].log_mel.shape[1])
-            for b, i in enumerate(idx):
-                x[b, : lens[b]] = torch.from_numpy(utts[i].log_mel)
-            if with_recon:
-                out = self.model(x, lens)
-                z, zlens, lv = (out.z_mean if out.z_mean is not None else out.z), out.z_lengths, out.z_logvar
-            else:  # encoder only: the decoder is not needed for probes
-                enc = self.model.encode(x, lens)
-                z, zlens, lv = enc.z, enc.z_lengths, None
-            for i, f in zip(idx, _unpad(z, zlens)):
-                feats[i] = f
-            if lv is not None:
-                for i, f in zip(idx, _unpad(lv, zlens)):
-                    logvar[i] = f
-            if with_recon:
-                for i, f in zip(idx, _unpad(out.recon, lens)):
-                    recon[i] = f
-            if self.stacks:
-                self._add_stacks(stacks, idx, x, lens, n)
+        for batch in self.stream(utts, with_recon):
+            for k, i in enumerate(batch.idx):
+                feats[i] = batch.feats[k]
+                if batch.logvar is not None:
+                    logvar[i] = batch.logvar[k]
+                if batch.recon is not None:
+                    recon[i] = batch.recon[k]
+            for key, (rate, arrays) in batch.stacks.items():
+                for k, i in enumerate(batch.idx):
+                    stacks.setdefault(key, (rate, [None] * n))[1][i] = arrays[k]
         has_logvar = n > 0 and logvar[0] is not None
         return Encoded(feats, float(self.model.latent_frame_rate), logvar if has_logvar else None,
                        recon if with_recon else None, stacks)
 
-    def _add_stacks(self, stacks: dict, idx: list[int], x: torch.Tensor, lens: torch.Tensor, n: int) -> None:
-        enc = self.model.encode(x, lens, return_stacks=True)
-        for k, st in enumerate(enc.stacks or []):
-            rate, arrays = stacks.setdefault(f"stack{k}", (float(st.frame_rate), [None] * n))
-            for i, f in zip(idx, _unpad(st.x, st.lengths)):
-                arrays[i] = f
-
     def resources(self) -> dict[str, float]:
         from speechae.eval.resources import model_resources
 
-        return model_resources(self.model, self.model.num_mel_bins)
+        # FLOPs are counted on CPU inputs: count them there, then put the model back
+        try:
+            return model_resources(self.model.cpu(), self.model.num_mel_bins)
+        finally:
+            self.model.to(self.device)
 
 
 class HFEncoder(FeatureEncoder):
@@ -226,14 +309,15 @@ class HFEncoder(FeatureEncoder):
     when it has one, else to zero mean / unit variance per utterance (what wav2vec 2.0 expects).
     """
 
-    def __init__(self, path: str | Path, layer: int = -1, name: str | None = None, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, layer: int = -1, name: str | None = None,
+                 device: str | torch.device = "cpu") -> None:
         from transformers import AutoModel
 
         self.path = Path(path)
         self.layer = layer
         self.name = name or f"hf_{self.path.name}"
-        self.model = AutoModel.from_pretrained(str(self.path)).eval().to(device)
-        self.device = device
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = AutoModel.from_pretrained(str(self.path)).eval().to(self.device)
         self.sampling_rate = 16000
         try:
             from transformers import AutoFeatureExtractor

@@ -27,7 +27,7 @@ import torch
 
 from speechae.data.datamodule import Labels, load_cuts
 from speechae.eval.encoders import (FbankEncoder, FeatureEncoder, HFEncoder, MFCCEncoder, ModelEncoder,
-                                    load_utterances)
+                                    load_utterances, resolve_device, sample_cuts)
 from speechae.eval.geometry import plot_pca, plot_spectra
 from speechae.eval.reconstruction import mean_spectrum_metrics, plot_spectrograms
 from speechae.eval.report import build_report, plot_summary, plot_training_curve
@@ -74,8 +74,10 @@ def default_test_cuts(data_cfg: Mapping[str, Any]) -> str:
     raise ValueError("cannot derive the test cuts from the config; pass --test-cuts")
 
 
-def make_baseline(spec: str, model_config: Mapping[str, Any] | None, seed: int = 0) -> FeatureEncoder | None:
-    """A baseline system by name (see the module docstring); None for ``mean_spectrum``."""
+def make_baseline(spec: str, model_config: Mapping[str, Any] | None, seed: int = 0,
+                  device: str | torch.device = "cpu") -> FeatureEncoder | None:
+    """A baseline system by name (see the module docstring); None for ``mean_spectrum``.
+    Neural baselines run on ``device``; fbank and MFCC are computed on the CPU."""
     if spec == "fbank":
         return FbankEncoder()
     if spec == "mfcc":
@@ -88,23 +90,42 @@ def make_baseline(spec: str, model_config: Mapping[str, Any] | None, seed: int =
         from speechae.models import build_model
 
         torch.manual_seed(seed)
-        return ModelEncoder(build_model(dict(model_config)).eval(), name="random_init")
+        return ModelEncoder(build_model(dict(model_config)).eval(), name="random_init", device=device)
     if spec.startswith("hf:"):
         path, _, layer = spec[3:].partition("@")
-        return HFEncoder(path, layer=int(layer) if layer else -1)
+        return HFEncoder(path, layer=int(layer) if layer else -1, device=device)
     raise ValueError(f"unknown baseline {spec!r}; use fbank, mfcc, random_init, mean_spectrum or hf:<dir>[@layer]")
+
+
+def open_cuts(path: str | Path) -> Any:
+    """A cut manifest read lazily when it is JSON lines (a 960 h manifest is not held in
+    memory just to draw a sample from it), else through :func:`load_cuts`."""
+    from lhotse import load_manifest_lazy
+
+    p = Path(path)
+    if p.is_file() and (p.name.endswith(".jsonl") or p.name.endswith(".jsonl.gz")):
+        return load_manifest_lazy(p)
+    return load_cuts(p)
 
 
 def load_eval_data(train_cuts: str | Path, test_cuts: str | Path, dev_cuts: str | Path | None,
                    lang_dir: str | Path, cfg: EvalConfig) -> EvalData:
-    """Utterances of the three splits (capped by ``cfg.max_*_utts``) and the label tables."""
+    """Utterances of the three splits and the label tables.  Each split is a seeded sample
+    within ``cfg.max_*_utts`` and ``cfg.max_*_hours`` (:func:`sample_cuts`); what was kept of
+    each split is in ``EvalData.sampling``."""
     labels = Labels(lang_dir)
-    train = load_utterances(load_cuts(train_cuts), labels, cfg.max_train_utts, cfg.seed, desc="load train")
-    test = load_utterances(load_cuts(test_cuts), labels, cfg.max_test_utts, cfg.seed, desc="load test")
-    dev = load_utterances(load_cuts(dev_cuts), labels, cfg.max_test_utts, cfg.seed, desc="load dev") \
-        if dev_cuts is not None and Path(dev_cuts).is_file() else []
-    gmean = np.concatenate([u.log_mel for u in train]).mean(0)
-    return EvalData(train, test, dev, labels, gmean)
+    samples = {"train": sample_cuts(open_cuts(train_cuts), cfg.max_train_utts, cfg.max_train_hours, cfg.seed),
+               "test": sample_cuts(open_cuts(test_cuts), cfg.max_test_utts, cfg.max_test_hours, cfg.seed)}
+    if dev_cuts is not None and Path(dev_cuts).is_file():
+        samples["dev"] = sample_cuts(open_cuts(dev_cuts), cfg.max_test_utts, cfg.max_test_hours, cfg.seed)
+    utts = {k: load_utterances(s, labels, desc=f"load {k}") for k, s in samples.items()}
+    for k, s in samples.items():
+        if len(s.cuts) < s.num_utts_total:
+            log.info("%s: %d of %d utterances (%.2f of %.2f h; caps %s utts, %s h, seed %d)", k, len(s.cuts),
+                     s.num_utts_total, s.hours, s.hours_total, s.max_utts, s.max_hours, cfg.seed)
+    gmean = np.concatenate([u.log_mel for u in utts["train"]]).mean(0)
+    return EvalData(utts["train"], utts["test"], utts.get("dev", []), labels, gmean,
+                    {k: s.summary() for k, s in samples.items()})
 
 
 def _figures(result: Any, data: EvalData, spectra: dict[str, Any], out_dir: Path, cfg: EvalConfig,
@@ -142,11 +163,13 @@ def _code_digest() -> str:
 def baseline_cache_key(system: FeatureEncoder, data_key: Mapping[str, Any], cfg: EvalConfig,
                        model_config: Mapping[str, Any] | None = None) -> str:
     """Content key of one baseline's scores: its name, the data files (path, size, mtime), the
-    evaluation settings, the model config (random_init only) and the evaluation code."""
+    evaluation settings, the device, the model config (random_init only) and the evaluation code."""
     import dataclasses
     import hashlib
 
-    payload = {"system": system.name, "data": data_key, "cfg": repr(dataclasses.asdict(cfg)),
+    # the device is part of the key: a GPU's kernels give the same scores only up to rounding
+    payload = {"system": system.name, "device": str(getattr(system, "device", "cpu")), "data": data_key,
+               "cfg": repr(dataclasses.asdict(cfg)),
                "model": model_config if system.name == "random_init" else None, "code": _code_digest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -208,7 +231,9 @@ def evaluate_system(system: FeatureEncoder, data: EvalData, out_dir: str | Path,
     result = score_system(system, data, cfg)
     metrics: dict[str, Any] = {"system": system.name, **(info or {}), **result.sections,
                                "num_train_utts": len(data.train), "num_test_utts": len(data.test),
-                               "num_dev_utts": len(data.dev)}
+                               "num_dev_utts": len(data.dev),
+                               "sampling": {**data.sampling, "seed": cfg.seed},
+                               "device": str(getattr(system, "device", "cpu"))}
     if "reconstruction" in metrics:
         metrics["reconstruction"]["reference"] = mean_spectrum_metrics([u.log_mel for u in data.test],
                                                                        data.global_mean)
@@ -310,11 +335,13 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
                         train_cuts: str | Path | None = None, dev_cuts: str | Path | None = None,
                         lang_dir: str | Path | None = None, baselines: Sequence[str] = DEFAULT_BASELINES,
                         cfg: EvalConfig = EvalConfig(), out_dir: str | Path | None = None,
-                        weights: str = "window", cache_dir: str | Path | None = "default") -> dict[str, Any]:
+                        weights: str = "window", cache_dir: str | Path | None = "default",
+                        device: str = "auto") -> dict[str, Any]:
     """Evaluate ``<exp_dir>``'s model (``weights``: see :func:`load_experiment_model`); data
     paths default to the experiment's resolved config (test cuts: see
     :func:`default_test_cuts`).  Baseline scores are cached in ``cache_dir`` (``"default"``:
-    ``<exp_dir>/../.eval_cache``, shared by the runs of an experiment grid; None: no cache)."""
+    ``<exp_dir>/../.eval_cache``, shared by the runs of an experiment grid; None: no cache).
+    Neural systems encode on ``device`` (``auto``: the GPU when present)."""
     exp_dir = Path(exp_dir)
     model, config, weight_info = load_experiment_model(exp_dir, weights)
     data_cfg = config.get("data", {})
@@ -325,14 +352,16 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
         "lang_dir": resolve_path(lang_dir or data_cfg.get("lang_dir", "data/lang"), exp_dir),
     }
     # Manifests of a recipe store feature paths relative to the recipe directory: read them from
-    # there, so that evaluate works from any directory (the utterances are loaded into memory).
+    # there, so that evaluate works from any directory (the sampled utterances are loaded into
+    # memory: cfg.max_*_hours bound them).
     recipe_dir = recipe_dir_of(train_cuts or data_cfg["train_cuts"], exp_dir)
     inputs = [paths[k].resolve() if paths[k].exists() else paths[k]
               for k in ("train_cuts", "test_cuts", "dev_cuts", "lang_dir")]
     with contextlib.chdir(recipe_dir):
         data = load_eval_data(*inputs, cfg)
-    systems = [make_baseline(b, config.get("model"), cfg.seed) for b in baselines]
-    system = ModelEncoder(model, name=exp_dir.name, stacks=cfg.stacks)
+    dev = resolve_device(device)
+    systems = [make_baseline(b, config.get("model"), cfg.seed, dev) for b in baselines]
+    system = ModelEncoder(model, name=exp_dir.name, stacks=cfg.stacks, device=dev)
     info = {"experiment": str(exp_dir), **weight_info, **{k: str(v) for k, v in paths.items()}}
     if cache_dir == "default":
         cache_dir = exp_dir.resolve().parent / ".eval_cache"

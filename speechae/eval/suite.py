@@ -63,6 +63,12 @@ class EvalConfig:
     abx_context_ms: float = 40.0
     max_train_utts: int | None = None
     max_test_utts: int | None = None
+    # Audio hours per split that evaluation loads (None or <= 0: all).  Probes, k-means and the
+    # global mean are fitted on the training sample, so memory follows the caps, not the corpus
+    # (LibriSpeech 960 h in full would need ~110 GB); a seeded draw (encoders.sample_cuts) keeps
+    # the sample reproducible.  The tiny recipe's splits are below both caps: all of it is used.
+    max_train_hours: float | None = 1.0
+    max_test_hours: float | None = 1.0
     stacks: bool = False
     num_plot_utts: int = 3
     seed: int = 0
@@ -77,6 +83,8 @@ class EvalData:
     dev: list[Utterance]
     labels: Labels
     global_mean: np.ndarray | None = None
+    # split -> Sample.summary(): utterances / hours used out of the split's, and the caps
+    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
