@@ -34,8 +34,9 @@ import click
 @click.option("--max-train-hours", type=float, default=1.0, show_default=True,
               help="audio hours of the training split that probes and k-means are fitted on: a seeded sample "
                    "when the split is longer (0: all; memory grows with it)")
-@click.option("--max-test-hours", type=float, default=1.0, show_default=True,
-              help="audio hours scored per test / dev split: a seeded sample when longer (0: all)")
+@click.option("--max-test-hours", type=float, default=0.0, show_default=True,
+              help="audio hours scored per test / dev split: a seeded sample when longer (0: the whole "
+                   "split, as published results are reported)")
 @click.option("--device", default="auto", show_default=True,
               help="where neural systems encode, batch by batch: auto (GPU when present), cpu, cuda[:i]")
 @click.option("--stacks", is_flag=True, help="also run the phone probe on every encoder stack")

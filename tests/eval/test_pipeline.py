@@ -110,10 +110,11 @@ def test_metrics_json_has_every_section(evaluated) -> None:
         assert sys_["pnmi"]["grid_hz"] == 25.0 and 0 <= sys_["pnmi"]["pnmi_chance"] <= 1
     assert m["abx"]["context_ms"] == 40.0 and m["abx"]["distance"] == "angular"
     assert m["geometry"]["measured_on"] == "latent" and "ep_std" in m["geometry"]
-    # the default caps (1 h per split) are recorded; the tiny corpus is below them: used whole
+    # the default caps (1 h of training audio; test and dev whole) are recorded
     samp = m["sampling"]
     assert set(samp) == {"train", "test", "dev", "seed"} and samp["seed"] == 0
     assert samp["train"]["max_hours"] == 1.0 and not samp["train"]["capped"]
+    assert samp["test"]["max_hours"] is None and not samp["test"]["capped"]
     assert samp["train"]["num_utts"] == samp["train"]["num_utts_total"] == m["num_train_utts"]
     assert m["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
