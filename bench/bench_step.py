@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch._dynamo
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,14 +99,15 @@ def make_batch(utts: int, utt_seconds: float, num_units: int, seed: int = 0) -> 
     return {"features": x, "feature_lens": lens, "units": units}
 
 
-def build_trainer(pkg: str, conf: Path, preset: str, arm: str, amp: str, device: torch.device) -> Any:
+def build_trainer(pkg: str, conf: Path, preset: str, arm: str, amp: str, device: torch.device,
+                  extra: tuple[str, ...] = ()) -> Any:
     """A Trainer of package ``pkg`` (speechae or speechae_ref) on the tiny recipe's arm config
-    ``conf/<arm>.yaml`` with ``model.preset`` replaced."""
+    ``conf/<arm>.yaml`` with ``model.preset`` replaced (and ``extra`` overrides)."""
     config = importlib.import_module(f"{pkg}.train.config")
     distributed = importlib.import_module(f"{pkg}.train.distributed")
     trainer = importlib.import_module(f"{pkg}.train.trainer")
     cfg = config.load_experiment_config(conf / f"{arm}.yaml", [f"model.preset={preset}", f"train.amp={amp}",
-                                                                f"train.device={device.type}"])
+                                                                f"train.device={device.type}", *extra])
     tmp = tempfile.mkdtemp(prefix="speechae_bench_step_")
     return trainer.Trainer(cfg, tmp, distributed.DistEnv(device=device))
 
@@ -237,6 +239,18 @@ def measure(variants: dict[str, StepParts], rounds: int, device: torch.device,
     return out, peak
 
 
+def compile_first_step(parts: StepParts) -> dict[str, float]:
+    """Run the first (compiling) step of a ``train.compile=true`` trainer and report its wall
+    time, the distinct graphs Dynamo made and its graph breaks (counted since the variants were
+    built: StepParts' no-grad encoder call compiles one graph more, not in ``compile_s``)."""
+    from torch._dynamo.utils import counters
+
+    seconds = _timed(parts.step, parts.tr.device)
+    parts.tr.optimizer.zero_grad(set_to_none=True)
+    return {"compile_s": round(seconds, 1), "graphs": counters["stats"]["unique_graphs"],
+            "graph_breaks": sum(counters["graph_break"].values())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "S", "M"])
@@ -249,21 +263,29 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compare-ref", default=None, metavar="REV",
                     help="also run the speechae package of git revision REV, interleaved")
+    ap.add_argument("--compile", action="store_true",
+                    help="also run the step with train.compile=true, interleaved; reports compile time, "
+                         "graphs and graph breaks")
     ap.add_argument("--no-flops", action="store_true")
     ap.add_argument("--json", action="store_true", help="append results to bench/results/step.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    pkgs = {"new": ("speechae", CONF)}
+    pkgs = {"new": ("speechae", CONF, ())}
     if args.compare_ref:
-        pkgs = {"ref": load_reference(args.compare_ref), "new": ("speechae", CONF)}
+        pkgs = {"ref": (*load_reference(args.compare_ref), ()), "new": ("speechae", CONF, ())}
+    if args.compile:
+        pkgs["compiled"] = ("speechae", CONF, ("train.compile=true",))
     batch = make_batch(args.utts, args.utt_seconds, num_units=50)
     audio = float(batch["feature_lens"].sum()) / 100.0
     rows = []
     for preset in args.presets:
         for amp in args.amp:
-            variants = {k: StepParts(build_trainer(pkg, conf, preset, args.arm, amp, device), batch)
-                        for k, (pkg, conf) in pkgs.items()}
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            variants = {k: StepParts(build_trainer(pkg, conf, preset, args.arm, amp, device, extra), batch)
+                        for k, (pkg, conf, extra) in pkgs.items()}
+            compile_stats = compile_first_step(variants["compiled"]) if "compiled" in variants else {}
             mm_dtype = torch.bfloat16 if amp == "bf16" else torch.float16 if amp == "fp16" else torch.float32
             med, peak = measure(variants, args.rounds, device,
                                 None if args.no_flops else lambda: matmul_roofline(mm_dtype, device))
@@ -281,8 +303,8 @@ def main() -> None:
                        "params_M": round(sum(p.numel() for p in parts.tr.module.parameters()) / 1e6, 2),
                        "batch_audio_s": round(audio, 1), "audio_s_per_s": round(audio / m["step"], 2),
                        **{f"{k}_ms": round(v * 1000, 1) for k, v in m.items()},
-                       "memory_mib": round(mem, 1)}
-                if not args.no_flops:
+                       "memory_mib": round(mem, 1), **(compile_stats if key == "compiled" else {})}
+                if not args.no_flops and key != "compiled":  # FlopCounterMode does not see into compiled code
                     flops = step_flops(parts)
                     row["gflop_per_audio_s"] = round(flops / audio / 1e9, 3)
                     row["roofline_share"] = round(flops / m["step"] / peak, 3)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from speechae.models.bottleneck import BottleneckOutput
-from speechae.models.scaling import iter_scheduled_floats
+from speechae.models.scaling import iter_scheduled_floats, refresh_schedules
 from speechae.models.zipformer import StackOutput
 
 
@@ -81,6 +81,21 @@ class SpeechAE(nn.Module):
         self.batch_count = float(batch_count)
         for sf in iter_scheduled_floats(self):
             sf.batch_count = self.batch_count
+        refresh_schedules(self)
+
+    def compile_parts(self, **kwargs) -> None:
+        """torch.compile the encoder and the decoder in place (parameter names and checkpoints
+        are unchanged); ``kwargs`` go to :func:`torch.compile` (default ``dynamic=True``: one
+        graph for every batch size and length).
+
+        Only these two: they hold nearly all the compute and trace without a graph break,
+        whereas the bottleneck and the losses read metrics with ``.item()``.  Call
+        :meth:`set_batch_count` every step (the compiled graphs read the skip and bypass
+        schedules from buffers it refreshes).  See docs/performance.md for when it pays.
+        """
+        kwargs.setdefault("dynamic", True)
+        self.encoder.compile(**kwargs)
+        self.decoder.compile(**kwargs)
 
     def _encode(self, features: Tensor, feature_lens: Tensor, input_mask: Tensor | None,
                 return_stacks: bool):

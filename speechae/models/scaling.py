@@ -10,6 +10,11 @@
   statistics is violated.
 * :func:`limit_param_value` -- clamp in the forward pass whose gradient never pushes further out.
 * padding helpers (:func:`lengths_to_mask`, :func:`zero_padded`).
+
+torch.compile: nothing here branches in Python on tensor data while compiling (see
+:func:`compiling`): the random gates of Balancer / Whiten become 0-dim tensors drawn in the
+graph, padding checks assume padding, and schedules that change every step are read from
+buffers (:func:`track_schedule`), so one graph serves every step and every batch length.
 """
 
 from __future__ import annotations
@@ -55,6 +60,10 @@ class ScheduledFloat:
     def __float__(self) -> float:
         if self.override is not None:
             return self.override
+        if len(self.points) == 1:
+            # A constant never reads batch_count, so compiled code that uses it is not
+            # invalidated when the trainer advances the count.
+            return self.points[0][1]
         return self.value_at(self.batch_count)
 
     def __repr__(self) -> str:
@@ -79,6 +88,53 @@ def iter_scheduled_floats(module: nn.Module) -> Iterator[ScheduledFloat]:
         for v in vars(m).values():
             if isinstance(v, ScheduledFloat):
                 yield v
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing the caller.  Eager code may branch on tensor values
+    (skip work that is not needed); traced code must not (each branch is a graph break)."""
+    return torch.compiler.is_compiling()
+
+
+def track_schedule(module: nn.Module, name: str, value: FloatLike) -> None:
+    """Store ``value`` as the schedule ``module.<name>`` and mirror it in a non-persistent 0-dim
+    buffer ``<name>_now`` that :func:`refresh_schedules` updates.
+
+    Compiled code reads the buffer (:func:`scheduled`), a graph input, so a value that moves
+    every step causes no recompilation; eager code reads the schedule itself, so overrides
+    apply at once.
+    """
+    sf = as_schedule(value, name)
+    setattr(module, name, sf)
+    module.register_buffer(f"{name}_now", torch.tensor(float(sf)), persistent=False)
+    module._tracked_schedules = (*getattr(module, "_tracked_schedules", ()), name)
+
+
+def scheduled(module: nn.Module, name: str) -> float | Tensor:
+    """Current value of a schedule registered with :func:`track_schedule`: a float in eager
+    mode, the (B-independent, 0-dim) buffer while compiling."""
+    if compiling():
+        return getattr(module, f"{name}_now")
+    return float(getattr(module, name))
+
+
+def refresh_schedules(model: nn.Module) -> None:
+    """Copy every tracked schedule's current value into its buffer (once per step)."""
+    for m in model.modules():
+        for name in getattr(m, "_tracked_schedules", ()):
+            getattr(m, f"{name}_now").fill_(float(getattr(m, name)))
+
+
+def random_gate(prob: float, ref: Tensor) -> Tensor | None | bool:
+    """Whether a stochastic check runs on this call, with probability ``prob``.
+
+    Eager: Python's RNG decides and the result is ``True`` or ``False`` (a skipped check costs
+    nothing).  Compiled: a 0-dim tensor in {0, 1} drawn with torch's RNG inside the graph; the
+    check always runs and its effect is multiplied by the gate.
+    """
+    if compiling():
+        return (torch.rand((), device=ref.device) < prob).float()
+    return random.random() < prob
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,14 +164,23 @@ class _SwooshFunction(torch.autograd.Function):
         return torch.sigmoid(x - ctx.shift).sub_(ctx.slope).mul_(grad), None, None, None
 
 
+def _swoosh(x: Tensor, shift: float, slope: float, const: float) -> Tensor:
+    if compiling():
+        # Plain ops: the compiler fuses them and its partitioner already keeps only ``x`` for
+        # backward; the autograd.Function trips dynamo on inputs of derived symbolic size
+        # (e.g. a strided conv's output under dynamic=True, torch 2.13).
+        return F.softplus(x - shift) - slope * x - const
+    return _SwooshFunction.apply(x, shift, slope, const)
+
+
 def swoosh_r(x: Tensor) -> Tensor:
     """SwooshR(x) = log(1 + e^(x-1)) - 0.08 x - 0.313261687."""
-    return _SwooshFunction.apply(x, *_SWOOSH_R)
+    return _swoosh(x, *_SWOOSH_R)
 
 
 def swoosh_l(x: Tensor) -> Tensor:
     """SwooshL(x) = log(1 + e^(x-4)) - 0.08 x - 0.035."""
-    return _SwooshFunction.apply(x, *_SWOOSH_L)
+    return _swoosh(x, *_SWOOSH_L)
 
 
 class SwooshR(nn.Module):
@@ -168,14 +233,14 @@ def _channel_view(x: Tensor, channel_dim: int) -> Tensor:
 class _BalancerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, channel_dim: int, limits: tuple[float, float, float, float],
-                grad_scale: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
+                grad_scale: float, gate: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, gate)
         ctx.channel_dim, ctx.limits, ctx.grad_scale = channel_dim, limits, grad_scale
         return x
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
+        x, gate = ctx.saved_tensors
         min_pos, max_pos, min_abs, max_abs = ctx.limits
         dim = ctx.channel_dim % x.ndim
         xs = _channel_view(x.detach().float(), dim)
@@ -185,14 +250,16 @@ class _BalancerFunction(torch.autograd.Function):
         sign_push = (pos_frac < min_pos).float() - (pos_frac > max_pos).float()
         # +1: magnitudes should grow, -1: shrink.
         abs_push = (rms < min_abs).float() - (rms > max_abs).float()
-        if not (sign_push.any() or abs_push.any()):
-            return grad, None, None, None
+        # No early exit when nothing is violated: the correction is then exactly zero, and a
+        # branch on tensor data would be a host sync (GPU) and a graph break (torch.compile).
         shape = [1] * x.ndim
         shape[dim] = -1
         g_mag = _channel_view(grad.abs().float(), dim).mean(dim=0) * ctx.grad_scale
         # Gradient descent moves x by -grad, so subtracting `push * g_mag` moves x by +push.
         extra = -(sign_push * g_mag).view(shape) - (abs_push * g_mag).view(shape) * x.sign()
-        return grad + extra.to(grad.dtype), None, None, None
+        if gate is not None:
+            extra = extra * gate
+        return grad + extra.to(grad.dtype), None, None, None, None
 
 
 class Balancer(nn.Module):
@@ -203,7 +270,7 @@ class Balancer(nn.Module):
     the identity.  In backward, a channel that violates a constraint receives an extra gradient
     of magnitude ``grad_scale * mean|grad|`` (of that channel) that pushes it back; channels that
     satisfy every constraint get their gradient unchanged.  The check runs with probability
-    ``prob`` per call (it costs a pass over the tensor).
+    ``prob`` per call (it costs a pass over the tensor; see :func:`random_gate`).
     """
 
     def __init__(self, num_channels: int, channel_dim: int = -1, min_positive: FloatLike = 0.05,
@@ -219,11 +286,27 @@ class Balancer(nn.Module):
         self.prob = as_schedule(prob, "balancer.prob")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and x.requires_grad) or random.random() >= float(self.prob):
+        if not (self.training and x.requires_grad):
+            return x
+        gate = random_gate(float(self.prob), x)
+        if gate is False:
             return x
         limits = (float(self.min_positive), float(self.max_positive),
                   float(self.min_abs), float(self.max_abs))
-        return _BalancerFunction.apply(x, self.channel_dim, limits, float(self.grad_scale))
+        return _BalancerFunction.apply(x, self.channel_dim, limits, float(self.grad_scale),
+                                       None if gate is True else gate)
+
+
+def _whitening_stats(x: Tensor, num_groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Grouped view (G, N, c_g), uncentred covariance (G, c_g, c_g) / N, mean eigenvalue
+    ``tr(C) / d`` and mean squared eigenvalue ``tr(C^2) / d`` (C symmetric) per group."""
+    n, c = x.shape
+    xg = x.reshape(n, num_groups, c // num_groups).transpose(0, 1)
+    cov = xg.transpose(1, 2) @ xg / n
+    d = cov.shape[-1]
+    mean_eig = cov.diagonal(dim1=-2, dim2=-1).sum(-1) / d
+    mean_eig_sq = (cov * cov).sum(dim=(-2, -1)) / d
+    return xg, cov, mean_eig, mean_eig_sq
 
 
 def whitening_metric(x: Tensor, num_groups: int) -> Tensor:
@@ -232,34 +315,50 @@ def whitening_metric(x: Tensor, num_groups: int) -> Tensor:
 
     x: (N, C) with C divisible by ``num_groups``.
     """
-    n, c = x.shape
-    xg = x.reshape(n, num_groups, c // num_groups).transpose(0, 1)  # (G, N, c_g)
-    cov = xg.transpose(1, 2) @ xg / n  # (G, c_g, c_g)
-    d = cov.shape[-1]
-    mean_eig = cov.diagonal(dim1=-2, dim2=-1).sum(-1) / d  # trace / d
-    mean_eig_sq = (cov * cov).sum(dim=(-2, -1)) / d  # trace(C^2) / d for symmetric C
+    _, _, mean_eig, mean_eig_sq = _whitening_stats(x, num_groups)
     return (mean_eig_sq / (mean_eig.pow(2) + 1e-20)).mean()
+
+
+def whitening_metric_and_grad(x: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """:func:`whitening_metric` of ``x`` (N, C) and its gradient with respect to ``x``, in
+    closed form (no autograd inside a backward pass, nothing that stops torch.compile).
+
+    Per group, with ``C = X^T X / N``, ``m = tr(C) / d`` and ``s = tr(C^2) / d``, the metric is
+    ``r = s / (m^2 + eps)``; ``dr/dC = A = (2 / d) (C / (m^2 + eps) - s m I / (m^2 + eps)^2)``
+    (symmetric), so ``dr/dX = 2 X A / N``, and the mean over ``G`` groups divides by ``G``.
+    """
+    n, c = x.shape
+    xg, cov, mean_eig, mean_eig_sq = _whitening_stats(x, num_groups)
+    d = cov.shape[-1]
+    denom = mean_eig.pow(2) + 1e-20
+    metric = (mean_eig_sq / denom).mean()
+    eye = torch.eye(d, device=x.device, dtype=x.dtype)
+    a = (2.0 / d) * (cov / denom[:, None, None]
+                     - (mean_eig_sq * mean_eig / denom.pow(2))[:, None, None] * eye)
+    grad = (xg @ a) * (2.0 / (n * num_groups))  # (G, N, c_g)
+    return metric, grad.transpose(0, 1).reshape(n, c)
 
 
 class _WhitenFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, num_groups: int, limit: float, grad_scale: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
+    def forward(ctx, x: Tensor, num_groups: int, limit: float, grad_scale: float,
+                gate: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, gate)
         ctx.num_groups, ctx.limit, ctx.grad_scale = num_groups, limit, grad_scale
         return x
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            xd = x.detach().float().requires_grad_(True)
-            metric = whitening_metric(xd.reshape(-1, x.shape[-1]), ctx.num_groups)
-            if metric.item() <= ctx.limit:
-                return grad, None, None, None
-            (mgrad,) = torch.autograd.grad(metric, xd)
+        x, gate = ctx.saved_tensors
+        metric, mgrad = whitening_metric_and_grad(x.detach().float().reshape(-1, x.shape[-1]),
+                                                  ctx.num_groups)
+        # Active only above the limit; a multiplier rather than a branch on metric.item().
+        active = (metric > ctx.limit).float()
+        if gate is not None:
+            active = active * gate
         # Scale the correction relative to the incoming gradient so it never dominates it.
-        scale = ctx.grad_scale * grad.float().norm() / (mgrad.norm() + 1e-20)
-        return grad + (mgrad * scale).to(grad.dtype), None, None, None
+        scale = active * ctx.grad_scale * grad.float().norm() / (mgrad.norm() + 1e-20)
+        return grad + (mgrad.view(x.shape) * scale).to(grad.dtype), None, None, None, None
 
 
 class Whiten(nn.Module):
@@ -280,31 +379,36 @@ class Whiten(nn.Module):
         self.prob = as_schedule(prob, "whiten.prob")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and x.requires_grad) or random.random() >= float(self.prob):
+        if not (self.training and x.requires_grad):
+            return x
+        gate = random_gate(float(self.prob), x)
+        if gate is False:
             return x
         return _WhitenFunction.apply(x, self.num_groups, float(self.whitening_limit),
-                                     float(self.grad_scale))
+                                     float(self.grad_scale), None if gate is True else gate)
 
 
 class _LimitValue(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.lo, ctx.hi = lo, hi
-        return x.clamp(lo, hi)
+    def forward(ctx, x: Tensor, lo: float | Tensor, hi: float) -> Tensor:  # type: ignore[override]
+        lo_t = lo if torch.is_tensor(lo) else None
+        ctx.save_for_backward(x, lo_t)
+        ctx.lo, ctx.hi = (None if lo_t is not None else lo), hi
+        return x.clamp(min=lo).clamp(max=hi)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
+        x, lo_t = ctx.saved_tensors
+        lo = lo_t if lo_t is not None else ctx.lo
         # Drop only the gradient components that would move x further outside [lo, hi];
         # unlike clamp(), a parameter outside the range still learns its way back.
-        outward = ((x < ctx.lo) & (grad > 0)) | ((x > ctx.hi) & (grad < 0))
+        outward = ((x < lo) & (grad > 0)) | ((x > ctx.hi) & (grad < 0))
         return grad.masked_fill(outward, 0.0), None, None
 
 
-def limit_param_value(x: Tensor, lo: float, hi: float) -> Tensor:
+def limit_param_value(x: Tensor, lo: float | Tensor, hi: float) -> Tensor:
     """Clamp ``x`` to ``[lo, hi]``; gradients still flow to out-of-range entries when they point
-    back into the range."""
+    back into the range.  ``lo`` may be a 0-dim tensor (a tracked schedule while compiling)."""
     return _LimitValue.apply(x, lo, hi)
 
 
@@ -319,7 +423,12 @@ def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 
 def has_padding(lengths: Tensor, t: int) -> bool:
-    """Whether any sequence is shorter than ``t``; unpadded batches skip all masking work."""
+    """Whether any sequence is shorter than ``t``; unpadded batches skip all masking work.
+
+    While compiling: always True (masking an unpadded batch changes nothing, and reading the
+    answer from the tensor would be a host sync and a graph break)."""
+    if compiling():
+        return True
     return bool((lengths < t).any())
 
 
@@ -354,9 +463,10 @@ class SharedDropout(nn.Module):
         return f"p={self.p}, shared_dim={self.shared_dim}"
 
 
-def sequence_keep_mask(batch: int, drop_rate: float, ref: Tensor) -> Tensor | None:
-    """Per-sequence Bernoulli keep mask (B, 1, 1) for stochastic module skipping, or None."""
-    if drop_rate <= 0.0:
+def sequence_keep_mask(batch: int, drop_rate: float | Tensor, ref: Tensor) -> Tensor | None:
+    """Per-sequence Bernoulli keep mask (B, 1, 1) for stochastic module skipping, or None when a
+    float ``drop_rate`` is 0.  A tensor rate (compiled code) always draws the mask."""
+    if not torch.is_tensor(drop_rate) and drop_rate <= 0.0:
         return None
     return (torch.rand(batch, 1, 1, device=ref.device) >= drop_rate).to(ref.dtype)
 

@@ -34,9 +34,11 @@ from speechae.models.scaling import (
     has_padding,
     lengths_to_mask,
     limit_param_value,
+    scheduled,
     sequence_keep_mask,
     swoosh_l,
     swoosh_r,
+    track_schedule,
     zero_padded,
 )
 
@@ -268,15 +270,20 @@ class Bypass(nn.Module):
                  scale_max: float = 1.0, skip_rate: float | ScheduledFloat = 0.0) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.full((embed_dim,), 0.5))
-        self.scale_min, self.scale_max, self.skip_rate = scale_min, scale_max, skip_rate
+        self.scale_max = float(scale_max)
+        track_schedule(self, "scale_min", scale_min)
+        # A constant 0 skip rate never draws a mask (known when built, so no branch at run time).
+        self.can_skip = isinstance(skip_rate, ScheduledFloat) or float(skip_rate) > 0.0
+        track_schedule(self, "skip_rate", skip_rate)
 
     def forward(self, orig: Tensor, new: Tensor) -> Tensor:
         c = self.scale
         if self.training:
-            c = limit_param_value(c, float(self.scale_min), float(self.scale_max))
-            keep = sequence_keep_mask(new.shape[0], float(self.skip_rate), new)
-            if keep is not None:
-                c = c * keep
+            c = limit_param_value(c, scheduled(self, "scale_min"), self.scale_max)
+            if self.can_skip:
+                keep = sequence_keep_mask(new.shape[0], scheduled(self, "skip_rate"), new)
+                if keep is not None:
+                    c = c * keep
         return orig + (new - orig) * c
 
 
@@ -304,7 +311,7 @@ class ZipformerLayer(nn.Module):
         sched = _layer_schedules()
         for name in ("attention_skip_rate", "conv_skip_rate", "ff_skip_rate"):
             sched[name].name = name
-            setattr(self, name, sched[name])
+            track_schedule(self, name, sched[name])
         self.attn_weights = RelPositionAttentionWeights(embed_dim, num_heads, query_head_dim,
                                                         pos_head_dim, pos_dim)
         self.ff1 = FeedForward(embed_dim, ff_dim * 3 // 4, dropout)
@@ -324,27 +331,27 @@ class ZipformerLayer(nn.Module):
         self.norm = BiasNorm(embed_dim)
         self.whiten = Whiten(whitening_limit=5.0)
 
-    def _keep(self, x: Tensor, rate: ScheduledFloat) -> Tensor | float:
+    def _keep(self, x: Tensor, rate_name: str) -> Tensor | float:
         if not self.training:
             return 1.0
-        keep = sequence_keep_mask(x.shape[0], float(rate), x)
+        keep = sequence_keep_mask(x.shape[0], scheduled(self, rate_name), x)
         return 1.0 if keep is None else keep
 
     def forward(self, x: Tensor, pos_emb: Tensor, valid: Tensor | None) -> Tensor:
         """x: (B, T, C); pos_emb: (2T-1, pos_dim); valid: (B, T) bool, None = no padding."""
         orig = x
         weights = self.attn_weights(x, pos_emb, None if valid is None else ~valid)
-        attn_keep = self._keep(x, self.attention_skip_rate)
-        conv_keep = self._keep(x, self.conv_skip_rate)
+        attn_keep = self._keep(x, "attention_skip_rate")
+        conv_keep = self._keep(x, "conv_skip_rate")
         x = x + self.ff1(x)
         x = x + self.nonlin_attn(x, weights) * attn_keep
         x = x + self.self_attn1(x, weights) * attn_keep
         x = x + self.conv1(x, valid) * conv_keep
-        x = x + self.ff2(x) * self._keep(x, self.ff_skip_rate)
+        x = x + self.ff2(x) * self._keep(x, "ff_skip_rate")
         x = self.bypass_mid(orig, x)
         x = x + self.self_attn2(x, weights) * attn_keep
         x = x + self.conv2(x, valid) * conv_keep
-        x = x + self.ff3(x) * self._keep(x, self.ff_skip_rate)
+        x = x + self.ff3(x) * self._keep(x, "ff_skip_rate")
         x = self.norm(self.balancer(x))
         return self.whiten(self.bypass(orig, x))
 
@@ -365,7 +372,8 @@ class Downsample(nn.Module):
         f = self.factor
         b, t, c = x.shape
         t_out = (t + f - 1) // f
-        if t != t_out * f or has_padding(lengths, t):
+        # has_padding first: while compiling it is True without a guard on t % f
+        if has_padding(lengths, t) or t != t_out * f:
             idx = torch.arange(t_out * f, device=x.device)[None, :]
             idx = torch.minimum(idx, (lengths - 1).clamp(min=0)[:, None])
             x = x.gather(1, idx.unsqueeze(-1).expand(b, t_out * f, c))

@@ -110,6 +110,8 @@ class Trainer:
             raise ConfigError("train.amp=fp16 needs a GPU; use bf16 or none on CPU")
         seed_everything(self.tc.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model).to(self.device)
+        if self.tc.compile:
+            self.model.compile_parts()  # in place: parameter names and checkpoints unchanged
         self.composer = build_losses(cfg.losses, cfg.model.bottleneck.latent_dim).to(self.device)
         self.module = TrainModule(self.model, self.composer)
         self.wrapped: nn.Module = self.module
