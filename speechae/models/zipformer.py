@@ -139,17 +139,18 @@ def rel_shift(pos_scores: Tensor) -> Tensor:
     """(..., T, 2T-1) scores of query i against offsets -(T-1)..T-1 -> (..., T, T) scores of
     query i against key j, i.e. column ``j - i + T - 1`` of row i.
 
-    A strided view, not a gather: in a contiguous row-major tensor that element sits at
-    ``i * (2T-1) + (T-1) - i + j = (T-1) + i * (2T-2) + j``, so rows step by ``2T-2`` and the
-    view starts at ``T-1``.  Nothing is copied or saved for backward.
+    A view, not a gather: in a contiguous row-major tensor that element sits at
+    ``i * (2T-1) + (T-1) - i + j = (T-1) + i * (2T-2) + j``, so the flattened rows, read from
+    ``T-1`` in rows of ``2T-2``, hold it in column j.  Nothing is copied or saved for
+    backward, and only slices and views are used (``as_strided`` needs the storage offset,
+    which torch.compile cannot trace).
     """
     pos_scores = pos_scores.contiguous()
     *lead, t, n = pos_scores.shape
     if n != 2 * t - 1:
         raise ValueError(f"expected 2T-1 = {2 * t - 1} offsets, got {n}")
-    strides = pos_scores.stride()
-    return pos_scores.as_strided((*lead, t, t), (*strides[:-2], n - 1, 1),
-                                 pos_scores.storage_offset() + t - 1)
+    flat = pos_scores.reshape(*lead, t * n)[..., t - 1: t - 1 + t * (n - 1)]
+    return flat.reshape(*lead, t, n - 1)[..., :t]
 
 
 class RelPositionAttentionWeights(nn.Module):

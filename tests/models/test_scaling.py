@@ -16,6 +16,7 @@ from speechae.models.scaling import (
     swoosh_l,
     swoosh_r,
     whitening_metric,
+    whitening_metric_and_grad,
 )
 
 
@@ -93,6 +94,24 @@ def test_whiten_identity_and_gradient_only_when_violated() -> None:
     # a small step along -extra gradient makes the covariance whiter
     extra = grad - g
     assert whitening_metric(skewed - 1e-3 * extra / extra.norm() * skewed.norm(), 1) < whitening_metric(skewed, 1)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_whitening_gradient_closed_form_equals_autograd(groups: int) -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(200, 16) * torch.linspace(0.1, 5.0, 16)).double().requires_grad_(True)
+    metric, grad = whitening_metric_and_grad(x.detach(), groups)
+    (auto,) = torch.autograd.grad(whitening_metric(x, groups), x)
+    torch.testing.assert_close(metric, whitening_metric(x.detach(), groups))
+    torch.testing.assert_close(grad, auto)
+
+
+def test_limit_param_value_accepts_a_tensor_bound() -> None:
+    x = torch.tensor([0.1, 0.5, 1.5], requires_grad=True)
+    y = limit_param_value(x, torch.tensor(0.2), 1.0)
+    assert torch.equal(y, torch.tensor([0.2, 0.5, 1.0]))
+    y.backward(torch.tensor([1.0, 1.0, 1.0]))  # first entry outward (below lo, grad pushes down)
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0]))
 
 
 def test_constraints_are_inactive_in_eval() -> None:
