@@ -311,7 +311,7 @@ def test_a_failed_rerun_of_a_finished_run_keeps_it_until_options_return(mini: Re
 
 def test_killing_the_grid_stops_every_run(mini: Recipe) -> None:
     mini.run(*DATA)
-    proc = mini.popen("--stage", "4", "--stop-stage", "4", FAKE_HANG="train")
+    proc = mini.popen("--stage", "4", "--stop-stage", "4", "--parallel-jobs", "2", FAKE_HANG="train")
     t0 = time.time()
     while time.time() - t0 < 30 and len(mini.pids.read_text().split() if mini.pids.exists() else []) < 2:
         time.sleep(0.1)
