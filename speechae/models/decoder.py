@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from speechae.models.scaling import BiasNorm, lengths_to_mask, zero_padded
+from speechae.models.scaling import BiasNorm, first_frames, lengths_to_mask, zero_padded
 from speechae.models.zipformer import ConvModule, FeedForward, ZipformerLayer, relative_position_encoding
 
 
@@ -68,7 +68,7 @@ class LatentDecoder(nn.Module):
             pos_emb = relative_position_encoding(tz, self.pos_dim, x.device, x.dtype)
             for layer in self.layers:
                 x = layer(x, pos_emb, valid_z)
-        x = self.upsample(x).view(b, tz * self.ratio, self.up_dim)[:, :length]
+        x = first_frames(self.upsample(x).view(b, tz * self.ratio, self.up_dim), length)
         valid = lengths_to_mask(lengths, length)
         for block in self.blocks:
             x = block(x, valid)

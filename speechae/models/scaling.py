@@ -432,6 +432,15 @@ def has_padding(lengths: Tensor, t: int) -> bool:
     return bool((lengths < t).any())
 
 
+def first_frames(x: Tensor, length: int) -> Tensor:
+    """``x[:, :length]`` for ``length <= x.shape[1]``.  While compiling, an ``index_select``
+    instead: on a slice the compiler guards on whether it is the whole tensor (``length ==
+    T``), which costs a second graph for lengths that are multiples of an upsampling factor."""
+    if compiling():
+        return x.index_select(1, torch.arange(length, device=x.device))
+    return x[:, :length]
+
+
 def zero_padded(x: Tensor, valid: Tensor | None) -> Tensor:
     """Zero the padded frames of ``x`` (B, T, C) given ``valid`` (B, T) bool (None: no-op)."""
     if valid is None:

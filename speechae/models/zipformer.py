@@ -31,6 +31,8 @@ from speechae.models.scaling import (
     ScheduledFloat,
     Whiten,
     ceil_div,
+    compiling,
+    first_frames,
     has_padding,
     lengths_to_mask,
     limit_param_value,
@@ -373,6 +375,10 @@ class Downsample(nn.Module):
         f = self.factor
         b, t, c = x.shape
         t_out = (t + f - 1) // f
+        if compiling():
+            # Inductor (torch 2.13, dynamic shapes) cannot order strides when a derived length
+            # may be 1 ("cannot determine truth value of 1 < (s - 1) // 8 + 1").
+            torch._check(t_out > 1)
         # has_padding first: while compiling it is True without a guard on t % f
         if has_padding(lengths, t) or t != t_out * f:
             idx = torch.arange(t_out * f, device=x.device)[None, :]
@@ -385,7 +391,7 @@ class Downsample(nn.Module):
 
 def upsample(x: Tensor, factor: int, length: int) -> Tensor:
     """Repeat each frame ``factor`` times and cut to ``length`` frames."""
-    return x.repeat_interleave(factor, dim=1)[:, :length]
+    return first_frames(x.repeat_interleave(factor, dim=1), length)
 
 
 class ZipformerStack(nn.Module):
