@@ -85,15 +85,17 @@ class SpeechAE(nn.Module):
 
     def compile_parts(self, **kwargs) -> None:
         """torch.compile the encoder and the decoder in place (parameter names and checkpoints
-        are unchanged); ``kwargs`` go to :func:`torch.compile` (default ``dynamic=True``: one
-        graph for every batch size and length).
+        are unchanged); ``kwargs`` go to :func:`torch.compile`.
 
-        Only these two: they hold nearly all the compute and trace without a graph break,
-        whereas the bottleneck and the losses read metrics with ``.item()``.  Call
-        :meth:`set_batch_count` every step (the compiled graphs read the skip and bypass
-        schedules from buffers it refreshes).  See docs/performance.md for when it pays.
+        Only these two: they hold nearly all the compute and trace without a graph break, as
+        one graph each, whereas the bottleneck and the losses read metrics with ``.item()``.
+        Call :meth:`set_batch_count` every step (the graphs read the skip and bypass schedules
+        from buffers it refreshes).  Default ``dynamic=False``: with ``dynamic=True`` the model
+        traces as one graph for every batch shape (tests/models/test_compile.py), but Inductor
+        in torch 2.13 fails to generate the encoder's code; static shapes compile once per
+        batch shape (pad batches to a few lengths).  See docs/performance.md for when it pays.
         """
-        kwargs.setdefault("dynamic", True)
+        kwargs.setdefault("dynamic", False)
         self.encoder.compile(**kwargs)
         self.decoder.compile(**kwargs)
 

@@ -40,8 +40,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = no clipping (ScaledAdam clips itself)
     accum_grad: int = 1
     amp: Literal["none", "bf16", "fp16"] = "none"
-    # torch.compile the encoder and decoder (SpeechAE.compile_parts); pays on GPU, not on a
-    # 1-2 thread CPU (docs/performance.md).  Draws different random numbers than eager.
+    # torch.compile the encoder and decoder (SpeechAE.compile_parts, static shapes); not worth
+    # it on a 1-2 thread CPU (docs/performance.md).  Draws different random numbers than eager.
     compile: bool = False
     seed: int = 42
     average_every: int = 10

