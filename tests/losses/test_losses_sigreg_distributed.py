@@ -20,11 +20,16 @@ def _data() -> torch.Tensor:
     return torch.randn(2, 96, 6, generator=torch.Generator().manual_seed(11))
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """Join a gloo process group on localhost, one thread per process."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _join(rank, world, port)
     try:
         z = _data()[rank].clone().requires_grad_(True)  # each rank holds one utterance
         # unequal valid lengths: rank 1 has padding that must be dropped
@@ -75,10 +80,7 @@ def _value_and_grad(frames: torch.Tensor, step: int) -> tuple[float, torch.Tenso
 
 
 def _scale_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     try:
         out = []
         for d in range(_DRAWS):
