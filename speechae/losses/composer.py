@@ -1,13 +1,18 @@
-"""LossComposer: owns the model call and combines the named objectives with scheduled weights.
+"""LossComposer: the named objectives of the autoencoder, combined with scheduled weights.
 
-One training step is ``total, metrics = composer(model, batch, step)``:
+The composer is a set of pure terms over a model output; it never calls the model.  One
+training step (``speechae.train.ae_task.forward_losses``) is::
+
+    plan = composer.plan(batch, step)                       # 1 + 2
+    out = model(*composer.model_inputs(batch, plan))        # 3
+    total, metrics = composer(out, batch, plan)             # 4
 
 1. evaluate every weight schedule at ``step`` (logged as ``weight/<name>``);
 2. draw a span mask of the input frames when an objective that needs one has a non-zero
    weight (a log-only mask objective is evaluated only when some other term already masks:
    logging must not change what is trained);
-3. call ``model(features, feature_lens, input_mask=...)`` exactly once.  When
-   ``latent_prediction`` is active the batch is doubled -- rows [0, B) masked, rows [B, 2B)
+3. the caller runs ``model(features, feature_lens, input_mask)`` exactly once.  When
+   ``latent_prediction`` is active the inputs are doubled -- rows [0, B) masked, rows [B, 2B)
    clean -- so DDP sees one forward and one backward;
 4. apply the terms.  Reconstruction and the regularizers use the clean view when the batch
    is doubled (the view the decoder and downstream probes see); mask-based semantic
@@ -51,6 +56,16 @@ from speechae.losses.semantic import SemanticInputs
 
 REGULARIZER_NAMES = ("sigreg", "kl")
 SEMANTIC_NAMES = ("masked_units", "latent_prediction", "distill", "ctc")
+
+
+@dataclasses.dataclass
+class StepPlan:
+    """How one step calls the model (see :meth:`LossComposer.plan`)."""
+
+    step: int
+    weights: dict[str, float]
+    input_mask: Optional[torch.Tensor]
+    double: bool
 
 
 @dataclasses.dataclass
@@ -120,27 +135,37 @@ class LossComposer(nn.Module):
                          self.mask_span, generator=g, realised=self.mask_realised,
                          min_spans=self.min_spans)
 
-    def _plan(self, w: Mapping[str, float]) -> tuple[bool, bool]:
-        """(generate a mask?, double the batch?) for the current weights."""
+    def plan(self, batch: Mapping[str, Any], step: int) -> StepPlan:
+        """What the model call of this step looks like: the weights at ``step``, the input
+        span mask (when an objective that needs one has a non-zero weight) and whether the batch
+        is doubled (masked rows, then clean rows)."""
+        w = self.weights(step)
         need_mask = any(getattr(m, "needs_mask", False) and w[n] > 0 for n, m in self.objectives.items())
         double = any(getattr(m, "needs_clean_view", False) and w[n] > 0 for n, m in self.objectives.items())
-        return need_mask or double, double
+        mask = self._mask(batch, step) if (need_mask or double) else None
+        return StepPlan(int(step), w, mask, double)
 
-    def forward(self, model: nn.Module, batch: Mapping[str, Any],
-                step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """One step's total loss (scalar tensor) and metrics (floats); see module docstring."""
-        w = self.weights(step)
-        use_mask, double = self._plan(w)
+    @staticmethod
+    def model_inputs(batch: Mapping[str, Any], plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor,
+                                                                        Optional[torch.Tensor]]:
+        """``(features, feature_lens, input_mask)`` for the single model call of the step:
+        doubled (rows [0, B) masked, rows [B, 2B) clean) when ``plan.double``."""
+        feats, lens, mask = batch["features"], batch["feature_lens"], plan.input_mask
+        if not plan.double:
+            return feats, lens, mask
+        assert mask is not None
+        return torch.cat([feats, feats]), torch.cat([lens, lens]), torch.cat([mask, torch.zeros_like(mask)])
+
+    def forward(self, out: Any, batch: Mapping[str, Any],
+                plan: StepPlan) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss (scalar tensor) and metrics (floats) of the model output ``out`` of
+        the inputs :meth:`model_inputs` gave for ``plan``; see the module docstring."""
+        w, step, double, input_mask = plan.weights, plan.step, plan.double, plan.input_mask
         feats, lens = batch["features"], batch["feature_lens"]
-        input_mask = self._mask(batch, step) if use_mask else None
         if double:
-            assert input_mask is not None
-            out = model(torch.cat([feats, feats]), torch.cat([lens, lens]),
-                        input_mask=torch.cat([input_mask, torch.zeros_like(input_mask)]))
             b = feats.shape[0]
             masked, clean = _view(out, slice(0, b)), _view(out, slice(b, 2 * b))
         else:
-            out = model(feats, lens, input_mask=input_mask)
             masked = clean = _view(out, slice(None))
 
         total = feats.new_zeros((), dtype=torch.float32)

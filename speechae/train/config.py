@@ -82,8 +82,11 @@ RESUME_SAFE_KEYS = frozenset({
 
 @dataclass
 class ExperimentConfig:
-    """Everything one training run needs; each block is read only by its own builder."""
+    """Everything one autoencoder training run needs; each block is read only by its own
+    builder.  ``task`` names the training task (:data:`speechae.train.task.TASKS`); other tasks
+    (e.g. ``vocoder``) have config classes of their own with the same ``data`` and ``train``."""
 
+    task: str = "autoencoder"
     model: ModelConfig = field(default_factory=ModelConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -95,9 +98,12 @@ class ExperimentConfig:
         return to_dict(self)
 
 
-def experiment_config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
-    """Strictly parse a full experiment config (unknown keys raise ConfigError)."""
-    cfg = from_dict(ExperimentConfig, data, "config")
+def experiment_config_from_dict(data: Mapping[str, Any]) -> Any:
+    """Strictly parse a full experiment config (unknown keys raise ConfigError) with the config
+    class of its task (``task:``, default ``autoencoder``)."""
+    from speechae.train.task import task_class, task_name_of
+
+    cfg = from_dict(task_class(task_name_of(data)).config_class, data, "config")
     t = cfg.train
     for name in ("max_steps", "log_every", "accum_grad"):
         if getattr(t, name) < 1:
@@ -107,12 +113,12 @@ def experiment_config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
     return cfg
 
 
-def load_experiment_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_experiment_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
     """Load ``path`` (following ``base:``), apply ``key=value`` overrides, parse strictly."""
     data = load_yaml(path) if path is not None else {}
     return experiment_config_from_dict(apply_overrides(data, overrides))
 
 
-def dump_config(cfg: ExperimentConfig) -> str:
+def dump_config(cfg: Any) -> str:
     """The resolved config as YAML text (block order kept)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

@@ -38,10 +38,10 @@ from speechae.train.config import RESUME_SAFE_KEYS, ExperimentConfig, dump_confi
 from speechae.train.distributed import DistEnv, all_reduce_max, cleanup_distributed, init_distributed
 from speechae.train.faults import EXIT_ERROR
 from speechae.train.logger import add_file_handler
+from speechae.train.task import task_class
 from speechae.train.trainer import Trainer, build_dataloaders
 from speechae.utils.io import atomic_path, current_umask
 from speechae.utils.logging import setup_logging
-from speechae.utils.modelstats import count_parameters
 
 log = logging.getLogger("speechae.train")
 
@@ -218,6 +218,8 @@ def write_experiment_files(cfg: ExperimentConfig, exp_dir: Path, command: Sequen
     cfg_path = exp_dir / "config.yaml"
     if cfg_path.is_file() and ck.list_checkpoints(exp_dir / "checkpoints"):
         old, new = yaml.safe_load(cfg_path.read_text(encoding="utf-8")), yaml.safe_load(text)
+        if isinstance(old, dict):
+            old.setdefault("task", "autoencoder")  # configs written before tasks had no key
         changed = sorted(_diff_keys(old, new))
         risky = [k for k in changed if k not in RESUME_SAFE_KEYS]
         shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in (risky or changed))
@@ -253,7 +255,7 @@ def _get(tree: Any, dotted: str) -> Any:
 def _prepare_experiment(cfg: ExperimentConfig, exp_dir: Path, command: Sequence[str],
                         allow_config_change: bool) -> tuple[ExperimentLock, logging.Handler]:
     """Main rank's set-up; on failure nothing it took stays held."""
-    check_inputs(cfg)
+    task_class(cfg.task).check_inputs(cfg)
     lock = ExperimentLock(exp_dir).acquire()
     try:
         write_experiment_files(cfg, exp_dir, command, allow_config_change)
@@ -297,9 +299,7 @@ def run_training(cfg: ExperimentConfig, exp_dir: str | Path, command: Sequence[s
         train_dl, valid_dl, _ = build_dataloaders(cfg, env)
         trainer = Trainer(cfg, exp_dir, env, train_dl, valid_dl)
         if env.is_main:
-            n = count_parameters(trainer.model)
-            h = count_parameters(trainer.composer)
-            log.info("model: %.2fM parameters (+%.2fM in objective heads)", n / 1e6, h / 1e6)
+            log.info("%s", trainer.task.describe())
         return trainer.fit()
     except Exception:
         if handler is not None:  # the traceback goes to train.log even when the CLI prints one line

@@ -32,35 +32,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from speechae.config import ConfigError
-from speechae.data.datamodule import Labels, load_cuts, make_dataloader, subset_fraction
-from speechae.losses import build_losses
-from speechae.models import build_model
-from speechae.optim import build_optimizer
 from speechae.train import checkpoint as ck
-from speechae.train.config import ExperimentConfig, adjusted_batch_count
+from speechae.train.config import adjusted_batch_count
 from speechae.train.distributed import DistEnv, all_reduce_max, all_reduce_sum
 from speechae.train.faults import (EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK, NonFiniteError, StopFlag,
                                    dump_debug)
 from speechae.train.logger import ExperimentLogger, Throughput, format_duration, peak_memory_mb
+from speechae.train.task import LossFn, Task, task_class
 
 log = logging.getLogger("speechae.train")
 
 Batch = Mapping[str, Any]
 FRAME_SHIFT_S = 0.01  # 100 Hz fbank
-
-
-class TrainModule(nn.Module):
-    """Model + loss composer in one module, so DDP wraps both (the objective heads are
-    parameters of the composer) and the composer keeps owning the model call."""
-
-    def __init__(self, model: nn.Module, composer: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.composer = composer
-
-    def forward(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """``composer(model, batch, step)`` -> (total loss, float metrics)."""
-        return self.composer(self.model, batch, step)
 
 
 def to_device(batch: Batch, device: torch.device) -> dict[str, Any]:
@@ -79,20 +62,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_dataloaders(cfg: ExperimentConfig, env: DistEnv) -> tuple[Any, Any, Labels]:
-    """Train and dev DataLoaders for this rank (the sampler shards by world_size/rank)."""
-    labels = Labels(cfg.data.lang_dir)
-    train_cuts = subset_fraction(load_cuts(cfg.data.train_cuts), cfg.data.train_fraction, cfg.data.seed)
-    train_dl = make_dataloader(train_cuts, labels, cfg.data, train=True, world_size=env.world_size, rank=env.rank)
-    valid_dl = None
-    if cfg.data.dev_cuts and Path(cfg.data.dev_cuts).is_file():
-        valid_dl = make_dataloader(load_cuts(cfg.data.dev_cuts), labels, cfg.data, train=False,
-                                   world_size=env.world_size, rank=env.rank)
-    return train_dl, valid_dl, labels
+def build_dataloaders(cfg: Any, env: DistEnv) -> tuple[Any, Any, None]:
+    """Train and dev DataLoaders of ``cfg``'s task for this rank (the sampler shards by
+    world_size/rank); the third value is kept for callers that unpack three."""
+    train_dl, valid_dl = task_class(cfg.task).build_dataloaders(cfg, env.world_size, env.rank)
+    return train_dl, valid_dl, None
 
 
 class Trainer:
-    """Owns model, objectives, optimiser, scheduler, scaler, averaged model and data state.
+    """The training loop around a :class:`~speechae.train.task.Task` (the config's ``task``).
+
+    Owns the data position, the scaler, the running average of the task's primary module,
+    checkpoints, logging, validation scheduling and fault handling; the task owns the modules,
+    optimizers and the step (see :mod:`speechae.train.task`).
 
     Args:
         cfg: the resolved experiment config.
@@ -101,7 +83,7 @@ class Trainer:
         train_dl / valid_dl: DataLoaders whose ``sampler`` is a Lhotse sampler (valid may be None).
     """
 
-    def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path, env: DistEnv, train_dl: Any = None,
+    def __init__(self, cfg: Any, exp_dir: str | Path, env: DistEnv, train_dl: Any = None,
                  valid_dl: Any = None) -> None:
         self.cfg, self.env, self.exp_dir = cfg, env, Path(exp_dir)
         self.tc = cfg.train
@@ -109,19 +91,14 @@ class Trainer:
         if self.tc.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs a GPU; use bf16 or none on CPU")
         seed_everything(self.tc.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg.model).to(self.device)
-        if self.tc.compile:
-            self.model.compile_parts()  # in place: parameter names and checkpoints unchanged
-        self.composer = build_losses(cfg.losses, cfg.model.bottleneck.latent_dim).to(self.device)
-        self.module = TrainModule(self.model, self.composer)
-        self.wrapped: nn.Module = self.module
+        self.task: Task = task_class(cfg.task)(cfg, self.device, env.distributed)
         if env.distributed:
-            self.wrapped = DistributedDataParallel(
-                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.tc.find_unused_parameters)
-        self.optimizer, self.scheduler = build_optimizer(list(self.module.named_parameters()), cfg.optim)
+            self.task.wrap(lambda m: DistributedDataParallel(
+                m, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.tc.find_unused_parameters))
         self.scaler = torch.amp.GradScaler("cuda") if self.tc.amp == "fp16" else None
-        self.model_avg = ck.init_average(self.model) if (self.tc.average_every > 0 and env.is_main) else None
+        primary = self.task.modules[self.task.primary]
+        self.model_avg = ck.init_average(primary) if (self.tc.average_every > 0 and env.is_main) else None
         self.avg_step = 0
         seed_everything(self.tc.seed + env.rank)  # per-rank dropout / noise streams
         self.train_dl, self.valid_dl = train_dl, valid_dl
@@ -129,10 +106,37 @@ class Trainer:
         self.counters: dict[str, float] = {"nonfinite_steps": 0, "consecutive_nonfinite": 0,
                                            "audio_seconds": 0.0}
         self._iter: Iterator | None = None
+        self._skipped = False
         self.stop = StopFlag()
         self.logger: ExperimentLogger | None = None
         self.throughput: Throughput | None = None
         self._last_batch: Any = None
+
+    # Short-hands for the autoencoder task (tests, benchmarks and tools use them).
+    @property
+    def model(self) -> nn.Module:
+        """The task's primary module (the autoencoder for ``task: autoencoder``)."""
+        return self.task.modules[self.task.primary]
+
+    @property
+    def composer(self) -> nn.Module:
+        """The autoencoder task's loss composer."""
+        return self.task.modules["losses"]
+
+    @property
+    def module(self) -> nn.Module:
+        """The autoencoder task's model + composer module (unwrapped)."""
+        return getattr(self.task, "module")
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The primary optimizer."""
+        return self.task.optimizers[self.task.primary_optimizer]
+
+    @property
+    def scheduler(self) -> Any:
+        """The primary optimizer's scheduler."""
+        return self.task.schedulers[self.task.primary_optimizer]
 
     # ------------------------------------------------------------------ data
 
@@ -163,80 +167,98 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
+    def train_step(self, batch: Batch | Sequence[Batch]) -> dict[str, float]:
+        """One training step of the task on ``batch`` (or a list of ``accum_grad`` micro-batches).
+
+        An update whose loss or gradient norm is non-finite on any rank is skipped on every rank;
+        a step with a skipped update counts in ``train/nonfinite_steps``.  Returns float metrics
+        (``loss/*``, ``weight/*``, ``train/*``).
+        """
+        batches = [batch] if isinstance(batch, Mapping) else list(batch)
+        batches = [to_device(b, self.device) for b in batches]
+        self.task.train()
+        self.task.set_batch_count(self.step, adjusted_batch_count(
+            self.step, self.cfg.data.max_duration, self.env.world_size, self.tc.accum_grad, self.tc.ref_duration))
+        self._skipped = False
+        metrics = self.task.train_step(batches, self.step, self)
+        for b in batches:
+            self.counters["audio_seconds"] += float(b["feature_lens"].sum()) * FRAME_SHIFT_S * self.env.world_size
+        if self.scaler is not None:
+            self.scaler.update()
+        self._after_step(self._skipped)
+        self.step += 1
+        metrics.update(self._step_metrics(self._skipped))
+        return metrics
+
+    def update(self, name: str, batches: Sequence[Batch], loss_fn: LossFn,
+               module: nn.Module | None = None) -> dict[str, float]:
+        """One update of the task's optimizer ``name`` (see :class:`speechae.train.task.Updater`)."""
+        optimizer = self.task.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        finite = True
+        can_defer = self.env.distributed and isinstance(module, DistributedDataParallel)
+        for i, b in enumerate(batches):
+            sync = i == len(batches) - 1 or not can_defer
+            ctx = contextlib.nullcontext() if sync else module.no_sync()
+            with ctx:
+                with self._autocast():
+                    loss, metrics = loss_fn(b)
+                finite = finite and bool(torch.isfinite(loss.detach()))
+                scaled = loss.float() / len(batches)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
+        grad_norm = self._clip(optimizer)
+        if self.scaler is None:
+            finite = finite and math.isfinite(grad_norm)
+        skip = all_reduce_max(0.0 if finite else 1.0, self.env) > 0
+        scheduler = self.task.schedulers.get(name)
+        if skip:
+            self._skipped = True
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            if scheduler is not None:
+                scheduler.step(self.step, self.epoch)
+            if self.scaler is not None:
+                self.scaler.step(optimizer)
+            else:
+                optimizer.step()
+        prefix = "train/" if name == self.task.primary_optimizer else f"train/{name}/"
+        sums[prefix + "grad_norm"] = grad_norm
+        if scheduler is not None:
+            sums[prefix + "lr"] = float(scheduler.get_last_lr()[0])
+        return sums
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.tc.amp == "none":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.tc.amp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def train_step(self, batch: Batch | Sequence[Batch]) -> dict[str, float]:
-        """One optimiser update on ``batch`` (or a list of ``accum_grad`` micro-batches).
-
-        Non-finite loss or gradient norm: the update is skipped on every rank and counted in
-        ``train/nonfinite_steps``.  Returns float metrics (``loss/*``, ``weight/*``, ``train/*``).
-        """
-        batches = [batch] if isinstance(batch, Mapping) else list(batch)
-        self.module.train()
-        self.model.set_batch_count(adjusted_batch_count(self.step, self.cfg.data.max_duration, self.env.world_size,
-                                                        self.tc.accum_grad, self.tc.ref_duration))
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        finite = True
-        for i, b in enumerate(batches):
-            b = to_device(b, self.device)
-            sync = i == len(batches) - 1 or not self.env.distributed
-            ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
-            with ctx:
-                with self._autocast():
-                    loss, metrics = self.wrapped(b, self.step)
-                finite = finite and bool(torch.isfinite(loss.detach()))
-                scaled = loss.float() / len(batches)
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
-            self.counters["audio_seconds"] += float(b["feature_lens"].sum()) * FRAME_SHIFT_S * self.env.world_size
-        grad_norm = self._clip()
-        if self.scaler is None:
-            finite = finite and math.isfinite(grad_norm)
-        skip = all_reduce_max(0.0 if finite else 1.0, self.env) > 0
-        self._update(skip)
-        self.step += 1
-        sums.update(self._step_metrics(grad_norm, skip))
-        return sums
-
-    def _clip(self) -> float:
+    def _clip(self, optimizer: torch.optim.Optimizer) -> float:
         if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.module.parameters() if p.grad is not None]
+            self.scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
         if not params:
             return 0.0
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False))
 
-    def _update(self, skip: bool) -> None:
-        if skip:
+    def _after_step(self, skipped: bool) -> None:
+        if skipped:
             self.counters["nonfinite_steps"] += 1
             self.counters["consecutive_nonfinite"] += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.update()
             log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d total)",
                         self.step, self.counters["consecutive_nonfinite"], self.counters["nonfinite_steps"])
             return
         self.counters["consecutive_nonfinite"] = 0
-        self.scheduler.step(self.step, self.epoch)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
         if self.model_avg is not None and (self.step + 1) % self.tc.average_every == 0:
             ck.update_average(self.model_avg, self.model, self.step + 1, self.tc.average_every)
             self.avg_step = self.step + 1
 
-    def _step_metrics(self, grad_norm: float, skipped: bool) -> dict[str, float]:
-        out = {"train/lr": float(self.scheduler.get_last_lr()[0]), "train/grad_norm": grad_norm,
-               "train/skipped": float(skipped), "train/nonfinite_steps": self.counters["nonfinite_steps"],
+    def _step_metrics(self, skipped: bool) -> dict[str, float]:
+        out = {"train/skipped": float(skipped), "train/nonfinite_steps": self.counters["nonfinite_steps"],
                "train/epoch": float(self.epoch)}
         if self.scaler is not None:
             out["train/loss_scale"] = float(self.scaler.get_scale())
@@ -254,7 +276,7 @@ class Trainer:
         if self.valid_dl is None:
             return {}
         rng = ck.rng_state()
-        self.module.eval()
+        self.task.train(False)
         keys: list[str] = []
         totals: dict[str, float] = {}
         frames = 0.0
@@ -268,7 +290,7 @@ class Trainer:
             b = to_device(b, self.device)
             first = first if first is not None else b
             with self._autocast():
-                _, metrics = self.module(b, self.step)
+                metrics = self.task.valid_metrics(b, self.step)
             w = float(b["feature_lens"].sum())
             frames += w
             for k, v in metrics.items():
@@ -281,24 +303,10 @@ class Trainer:
                                              dtype=torch.float64), self.env)
         result = {k: float(v) / max(float(summed[-1]), 1.0) for k, v in zip(keys, summed[:-1].tolist())}
         if self.env.is_main and first is not None and self.logger is not None:
-            self._log_images(first)
-        self.module.train()
+            self.task.log_media(first, self.step, self.logger)
+        self.task.train()
         ck.set_rng_state(rng)
         return result
-
-    def _log_images(self, batch: Batch) -> None:
-        assert self.logger is not None
-        out = self.model(batch["features"], batch["feature_lens"])
-        for i in range(min(self.tc.num_images, out.recon.shape[0])):
-            n = int(batch["feature_lens"][i])
-            target = batch.get("target_features", batch["features"])[i, :n]
-            self.logger.log_spectrograms(self.step, f"valid/spectrogram_{i}", target, out.recon[i, :n])
-        valid = torch.arange(out.z.shape[1], device=out.z.device)[None] < out.z_lengths[:, None]
-        hists = {"latent/z": out.z[valid]}
-        if out.z_mean is not None:
-            hists["latent/z_mean"] = out.z_mean[valid]
-            hists["latent/z_std"] = (0.5 * out.z_logvar[valid]).exp()
-        self.logger.log_histograms(self.step, hists)
 
     # ------------------------------------------------------------------ state
 
@@ -308,11 +316,14 @@ class Trainer:
         rngs = [ck.rng_state()]
         if self.env.distributed:  # each rank's data position and random streams
             samplers, rngs = self._gather(samplers[0]), self._gather(rngs[0])
+        modules = {n: m.state_dict() for n, m in self.task.modules.items()}
         return {
-            "version": ck.CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "step": self.step,
-            "epoch": self.epoch, "model": self.model.state_dict(), "model_avg": self.model_avg, "avg_step": self.avg_step,
-            "losses": self.composer.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "version": ck.CHECKPOINT_VERSION, "config": self.cfg.to_dict(), "task": self.cfg.task,
+            "step": self.step, "epoch": self.epoch, "modules": modules,
+            # the primary module again under the key every loader reads (storage is shared)
+            "model": modules[self.task.primary], "model_avg": self.model_avg, "avg_step": self.avg_step,
+            "optimizers": {n: o.state_dict() for n, o in self.task.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.task.schedulers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "sampler": samplers[0], "sampler_per_rank": samplers, "rng": rngs[0], "rng_per_rank": rngs,
             "counters": dict(self.counters), "world_size": self.env.world_size,
@@ -325,10 +336,21 @@ class Trainer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (sampler fast-forwards to the saved position)."""
-        self.model.load_state_dict(state["model"])
-        self.composer.load_state_dict(state["losses"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        modules = state.get("modules")
+        optimizers, schedulers = state.get("optimizers"), state.get("schedulers")
+        if modules is None:  # written before tasks: one model, its composer, one optimizer
+            modules = {"model": state["model"], "losses": state["losses"]}
+            optimizers, schedulers = {"model": state["optimizer"]}, {"model": state["scheduler"]}
+        missing = sorted(set(self.task.modules) - set(modules)) + sorted(set(self.task.optimizers) - set(optimizers))
+        if missing:
+            raise ck.CheckpointError(self.exp_dir / "checkpoints", f"the checkpoint holds no state for {missing} "
+                                     f"(written by another task?)")
+        for name, module in self.task.modules.items():
+            module.load_state_dict(modules[name])
+        for name, opt in self.task.optimizers.items():
+            opt.load_state_dict(optimizers[name])
+        for name, sched in self.task.schedulers.items():
+            sched.load_state_dict(schedulers[name])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         if self.model_avg is not None and state.get("model_avg") is not None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from losses_testkit import StandInAE, StandInOutput, random_batch, repad
 
+from speechae.train.ae_task import forward_losses
 from speechae.config import ConfigError, from_dict
 from speechae.losses import LossComposer, LossConfig, build_losses
 
@@ -18,7 +19,7 @@ def _composer(latent_dim=8, **cfg) -> LossComposer:
 def test_metric_keys():
     comp = _composer(regularizer="kl", semantic=["masked_units", "ctc"], weights={"sigreg": 0})
     model = StandInAE(gaussian=True)
-    total, m = comp(model, random_batch(), step=10)
+    total, m = forward_losses(model, comp, random_batch(), 10)
     for name in ("recon", "kl", "sigreg", "masked_units", "ctc"):
         assert f"loss/{name}" in m and f"weight/{name}" in m
     for key in ("loss/total", "sigreg/floor", "kl/active_units", "kl/nats", "kl/dim_00", "kl/dim_07",
@@ -35,11 +36,11 @@ def test_weight_zero_sends_no_gradient():
     torch.manual_seed(0)
     model = StandInAE()
     ref = _composer(regularizer="none")
-    ref(model, batch, 0)[0].backward()
+    forward_losses(model, ref, batch, 0)[0].backward()
     ref_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     comp = _composer(regularizer="sigreg", semantic=["ctc"], weights={"sigreg": 0.0, "ctc": 0})
-    total, m = comp(model, batch, 0)
+    total, m = forward_losses(model, comp, batch, 0)
     total.backward()
     assert m["loss/sigreg"] > 0 and m["loss/ctc"] > 0  # computed and logged ...
     for g, r in zip((p.grad for p in model.parameters()), ref_grads):
@@ -55,12 +56,12 @@ def test_recon_of_identity_is_zero_and_padding_invariant():
             return StandInOutput(features, feature_lens, z, None, None, (feature_lens + 3) // 4, z, 4)
 
     batch = random_batch()
-    _, m = _composer(regularizer="none")(Identity(), batch, 0)
+    _, m = forward_losses(Identity(), _composer(regularizer="none"), batch, 0)
     assert m["loss/recon"] == 0.0
     model = StandInAE(gaussian=True).eval()  # eval: z = mean, deterministic
     comp = _composer(regularizer="kl", semantic=["masked_units", "ctc"], weights={"sigreg": 0.1})
-    _, a = comp(model, batch, 3)
-    _, b = comp(model, repad(batch, 9), 3)
+    _, a = forward_losses(model, comp, batch, 3)
+    _, b = forward_losses(model, comp, repad(batch, 9), 3)
     for k in a:
         if k != "standin/calls":
             assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
@@ -81,10 +82,10 @@ def test_recon_target_is_the_clean_input_under_spec_augment():
             z = features[:, ::4]
             return StandInOutput(clean, feature_lens, z, None, None, (feature_lens + 3) // 4, z, 4)
 
-    _, m = _composer(regularizer="none")(ReturnsClean(), batch, 0)
+    _, m = forward_losses(ReturnsClean(), _composer(regularizer="none"), batch, 0)
     assert m["loss/recon"] == 0.0
     # without target_features the input itself is the target (no augmentation in the pipeline)
-    _, m = _composer(regularizer="none")(ReturnsClean(), dict(batch, features=clean, target_features=None), 0)
+    _, m = forward_losses(ReturnsClean(), _composer(regularizer="none"), dict(batch, features=clean, target_features=None), 0)
     assert m["loss/recon"] == 0.0
 
 
@@ -92,11 +93,11 @@ def test_latent_prediction_doubles_the_batch_in_one_call():
     model = StandInAE().eval()
     comp = _composer(regularizer="sigreg", semantic=["latent_prediction"])
     batch = random_batch(b=3)
-    _, m = comp(model, batch, 0)
+    _, m = forward_losses(model, comp, batch, 0)
     assert model.calls == 1 and model.last_batch_size == 6
     assert m["loss/latent_prediction"] > 0
     # reconstruction and regularizer are taken on the clean half
-    _, clean = _composer(regularizer="sigreg")(model, batch, 0)
+    _, clean = forward_losses(model, _composer(regularizer="sigreg"), batch, 0)
     assert abs(m["loss/recon"] - clean["loss/recon"]) < 1e-6
     assert abs(m["loss/sigreg"] - clean["loss/sigreg"]) < 1e-4
 
@@ -109,15 +110,15 @@ def test_log_only_mask_objective_does_not_mask_the_input():
             seen.append(input_mask)
             return super().forward(features, feature_lens, input_mask)
 
-    _, m = _composer(regularizer="none", weights={"masked_units": 0})(Spy(), random_batch(), 0)
+    _, m = forward_losses(Spy(), _composer(regularizer="none", weights={"masked_units": 0}), random_batch(), 0)
     assert seen == [None] and "loss/masked_units" not in m
-    _, m = _composer(regularizer="none", semantic=["masked_units"])(Spy(), random_batch(), 0)
+    _, m = forward_losses(Spy(), _composer(regularizer="none", semantic=["masked_units"]), random_batch(), 0)
     assert seen[-1] is not None and seen[-1].any() and "loss/masked_units" in m
 
 
 def test_prism_band_split_runs():
     comp = _composer(regularizer="none", semantic=["masked_units"], prism={"enabled": True, "keep": 0.5})
-    total, m = comp(StandInAE(), random_batch(), 0)
+    total, m = forward_losses(StandInAE(), comp, random_batch(), 0)
     total.backward()
     assert m["loss/masked_units"] > 0
 
@@ -132,7 +133,7 @@ def test_config_errors():
     with pytest.raises(ConfigError):
         from_dict(LossConfig, {"sigreg": {"directions": 3}})
     with pytest.raises(ValueError):
-        _composer(regularizer="kl")(StandInAE(gaussian=False), random_batch(), 0)
+        forward_losses(StandInAE(gaussian=False), _composer(regularizer="kl"), random_batch(), 0)
 
 
 def test_regularizer_ramp_gives_every_arm_the_same_warmup_shape():

@@ -4,6 +4,7 @@ and latent prediction kept from collapsing by SIGReg."""
 import torch
 from losses_testkit import StandInAE, random_batch
 
+from speechae.train.ae_task import forward_losses
 from speechae.config import from_dict
 from speechae.losses import (CTCObjective, Distillation, LossConfig, MaskedUnitPrediction,
                              SemanticInputs, build_losses, dct_matrix, lowpass_dct)
@@ -143,7 +144,7 @@ def _lp_run(sigreg_weight: float, steps: int = 25) -> tuple[float, float]:
     opt = torch.optim.Adam(list(model.parameters()) + list(comp.parameters()), lr=1e-2)
     first = None
     for step in range(steps):
-        loss, metrics = comp(model, random_batch(b=2, t=48, seed=step), step)
+        loss, metrics = forward_losses(model, comp, random_batch(b=2, t=48, seed=step), step)
         first = metrics["z/std"] if first is None else first
         opt.zero_grad()
         loss.backward()

@@ -18,7 +18,7 @@ def test_every_recipe_config_loads(name: str) -> None:
     assert isinstance(cfg, ExperimentConfig)
     again = experiment_config_from_dict(cfg.to_dict())  # the resolved form round-trips
     assert again == cfg
-    assert dump_config(cfg).startswith("model:")
+    assert dump_config(cfg).startswith("task: autoencoder\nmodel:")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

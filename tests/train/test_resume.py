@@ -65,9 +65,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, config_fi
     assert run_training(cfg, ref) == EXIT_OK
     a, b = load_checkpoint(exp), load_checkpoint(ref)
     assert a["step"] == b["step"] == MAX_STEPS and a["epoch"] == b["epoch"] > 0
-    for key in ("model", "model_avg", "losses"):
-        for name, value in b[key].items():
-            torch.testing.assert_close(a[key][name], value, atol=1e-6, rtol=0, msg=f"{key}.{name}")
+    assert set(a["modules"]) == {"model", "losses"} and set(a["optimizers"]) == {"model"}
+    trees = [(key, a[key], b[key]) for key in ("model", "model_avg")]
+    trees += [(f"modules.{m}", a["modules"][m], b["modules"][m]) for m in b["modules"]]
+    for key, got, want in trees:
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=f"{key}.{name}")
     assert a["sampler"] == b["sampler"]
     steps = [r["step"] for r in map(yaml.safe_load, (exp / "log" / "metrics.jsonl").read_text().splitlines())
              if "split" not in r]
@@ -84,7 +87,7 @@ def test_sigterm_writes_a_usable_checkpoint(tmp_path: Path, config_file: Path, p
     assert proc.returncode == EXIT_INTERRUPTED, out
     state = load_checkpoint(exp)
     assert 2 <= state["step"] < MAX_STEPS and "stopped by signal" in out
-    assert state["optimizer"]["state"] and state["sampler"]["diagnostics"]
+    assert state["optimizers"]["model"]["state"] and state["sampler"]["diagnostics"]
     proc = _start(python, config_file, exp, cli_env)  # the re-submitted job resumes and finishes
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_OK, out
