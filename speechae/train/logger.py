@@ -161,6 +161,13 @@ class ExperimentLogger:
             return
         self.writer.add_image(name, spectrogram_image(target, recon), step, dataformats="HWC")
 
+    def log_audio(self, step: int, name: str, wav: torch.Tensor, sample_rate: int) -> None:
+        """A mono waveform (S,) in [-1, 1] (clipped) as TensorBoard audio."""
+        if self.writer is None:
+            return
+        x = wav.detach().float().reshape(1, -1).clamp(-1.0, 1.0).cpu()
+        self.writer.add_audio(name, x, step, sample_rate=int(sample_rate))
+
     def flush(self) -> None:
         """Push buffered records to disk."""
         if self.writer is not None:
