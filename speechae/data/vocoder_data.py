@@ -60,6 +60,12 @@ class VocoderDataConfig:
     sampling_rate: int = 16000
     num_mel_bins: int = 80
 
+    @property
+    def max_duration(self) -> float:
+        """Seconds of audio per training batch (what the trainer's duration-normalised batch
+        count reads; not a config key)."""
+        return self.batch_size * self.segment_seconds
+
 
 def segment_samples(seconds: float, sampling_rate: int = 16000, hop: int = HOP) -> int:
     """Crop length in samples: ``seconds`` rounded down to whole hops (at least one hop)."""

@@ -271,3 +271,73 @@ def test_overfits_one_clip() -> None:
         last = mel(model(feats), wav, target_feats=feats).item()
     assert last < 0.5 * first, (first, last)  # measured 3.37 -> 0.77 in 2.5 s
     assert time.perf_counter() - start < 30
+
+
+# ----------------------------------------------------------------------------- training task
+
+
+def test_vocoder_task_trains_resumably_with_the_generic_trainer(cuts_dir, tmp_path: Path) -> None:  # noqa: ANN001
+    import json
+
+    from speechae.train import vocoder_task
+    from speechae.train.config import experiment_config_from_dict
+    from speechae.train.distributed import DistEnv
+    from speechae.train.trainer import Trainer
+
+    cuts, _ = cuts_dir
+    cuts.to_file(tmp_path / "train.jsonl.gz")
+    cuts.subset(first=2).to_file(tmp_path / "dev.jsonl.gz")
+    cfg = experiment_config_from_dict({
+        "task": "vocoder", "vocoder": {"preset": "tiny"},
+        "discriminator": {"periods": [2, 3], "mpd_channels": [4, 8], "mrd_channels": 4},
+        "losses": {"adv_start_step": 2, "stft_fft_sizes": [256, 512]},
+        "data": {"train_cuts": str(tmp_path / "train.jsonl.gz"), "dev_cuts": str(tmp_path / "dev.jsonl.gz"),
+                 "segment_seconds": 0.5, "batch_size": 2},
+        "train": {"max_steps": 4, "log_every": 1, "valid_every": 2, "save_every": 2, "average_every": 1,
+                  "device": "cpu", "tensorboard": False}})
+    assert isinstance(cfg, vocoder_task.VocoderExperimentConfig)
+    vocoder_task.VocoderTask.check_inputs(cfg)
+
+    def run(exp_dir: Path, max_steps: int) -> None:
+        cfg.train.max_steps = max_steps
+        trainer = Trainer(cfg, exp_dir, DistEnv(), *vocoder_task.VocoderTask.build_dataloaders(cfg, 1, 0))
+        assert trainer.fit() == 0
+
+    exp = tmp_path / "exp"
+    run(exp, 4)
+    records = [json.loads(line) for line in (exp / "log" / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in records if "split" not in r}
+    # Pre-training (steps 0-1): mel + STFT only, no discriminator update; then the GAN terms.
+    assert "loss/disc" not in train[2] and "loss/fm" not in train[2] and train[2]["train/adversarial"] == 0.0
+    assert {"loss/disc", "loss/gen_adv", "loss/fm", "train/discriminator/grad_norm"} <= set(train[3])
+    assert all(math.isfinite(v) for r in train.values() for v in r.values() if isinstance(v, float))
+    valid = [r for r in records if r.get("split") == "valid"]
+    assert len(valid) == 2 and "valid/loss/mel_l1" in valid[0] and "valid/metric/mel_l1_exact" in valid[0]
+    ck2 = torch.load(exp / "checkpoints" / "ckpt-00000002.pt", weights_only=True)
+    ck4 = torch.load(exp / "checkpoints" / "ckpt-00000004.pt", weights_only=True)
+    assert ck2["optimizers"]["discriminator"]["state"] == {} != ck4["optimizers"]["discriminator"]["state"]
+    assert set(ck4["modules"]) == {"generator", "discriminator"} and ck4["config"]["vocoder"]["preset"] == "tiny"
+    # load_vocoder rebuilds the averaged generator on its own.
+    feats = torch.randn(1, 12, 80)
+    avg = {k: v.float() for k, v in ck4["model_avg"].items()}
+    ref = build_vocoder(VocoderConfig(preset="tiny"))
+    ref.load_state_dict(avg)
+    torch.testing.assert_close(load_vocoder(exp)(feats), ref.eval()(feats))
+    # Interrupted at step 2 (in pre-training) and resumed: the same weights at step 4.
+    run(tmp_path / "resumed", 2)
+    run(tmp_path / "resumed", 4)
+    again = torch.load(tmp_path / "resumed" / "checkpoints" / "ckpt-00000004.pt", weights_only=True)
+    for name in ("generator", "discriminator"):
+        for k, v in ck4["modules"][name].items():
+            torch.testing.assert_close(again["modules"][name][k], v, atol=0, rtol=0, msg=f"{name}.{k}")
+
+
+def test_frozen_discriminator_gets_no_gradient_but_passes_one() -> None:
+    from speechae.train.vocoder_task import frozen
+
+    disc = CombinedDiscriminator(periods=(2,), mpd_channels=(4,), resolutions=((256, 64, 256),), mrd_channels=4)
+    wav = torch.randn(1, 2000, requires_grad=True)
+    with frozen(disc):
+        sum(lg.mean() for lg in disc(wav)[0]).backward()
+    assert all(p.grad is None and p.requires_grad for p in disc.parameters())
+    assert wav.grad is not None and wav.grad.abs().sum() > 0
