@@ -28,6 +28,10 @@ COMMANDS: dict[str, str] = {
     "fixture-corpus": "speechae.bin.corpus:fixture_corpus",
     "download-corpus": "speechae.bin.corpus:download_corpus",
     "prepare-corpus": "speechae.bin.corpus:prepare_corpus",
+    "encode": "speechae.bin.infer:encode",
+    "decode": "speechae.bin.infer:decode",
+    "resynth": "speechae.bin.infer:resynth",
+    "export": "speechae.bin.infer:export",
 }
 
 
