@@ -38,13 +38,22 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
 fi
 # Everything else; torch is already satisfied so nothing replaces it.
 echo "[install] installing speechae and its dependencies"
-pip install -e "$root[test]"
+# [audio]: waveform metrics and pretrained judges (speechae.eval.waveform); resemblyzer's torch
+# requirement is met by the torch above, and nothing else in it depends on torch.
+pip install -e "$root[test,audio]"
 "$venv/bin/python" -c "import torch, lhotse, sentencepiece, espeakng_loader, speechae" \
   || { echo "[install] the environment in $venv is incomplete" >&2; exit 1; }
 touch "$venv/.speechae_installed"
 "$venv/bin/python" - <<'PY'
 import importlib.util, torch
+from speechae.eval.waveform import JUDGE_PACKAGES, judge_availability
 opt = {m: importlib.util.find_spec(m) is not None for m in ("k2", "kaldifeat")}
 print(f"[install] torch {torch.__version__}; optional accelerators: "
       + ", ".join(f"{k}={'yes' if v else 'no (pure PyTorch/Lhotse fallback)'}" for k, v in opt.items()))
+metrics = {m: importlib.util.find_spec(m) is not None for m in ("pystoi", "pesq")}
+judges = judge_availability(try_import=True)  # imports: a broken install shows as 'no'
+print("[install] waveform metrics: "
+      + ", ".join(f"{k}={'yes' if v else 'no (skipped)'}" for k, v in metrics.items())
+      + "; judges: " + ", ".join(f"{k} ({JUDGE_PACKAGES[k]})={'yes' if v else 'no (skipped)'}"
+                                 for k, v in judges.items()))
 PY

@@ -62,9 +62,24 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def judge_availability() -> dict[str, bool]:
-    """``{judge: installed}`` for every judge in :data:`JUDGES` (see :data:`JUDGE_PACKAGES`)."""
-    return {name: _installed(JUDGE_PACKAGES[name]) for name in JUDGES}
+def judge_availability(try_import: bool = False) -> dict[str, bool]:
+    """``{judge: available}`` for every judge in :data:`JUDGES` (see :data:`JUDGE_PACKAGES`).
+
+    By default a judge is available when its package is installed (found without importing
+    it); ``try_import=True`` also imports the package, catching installs that are present but
+    broken (e.g. webrtcvad without ``pkg_resources``), at the cost of the imports (seconds)."""
+    out = {}
+    for name in JUDGES:
+        ok = _installed(JUDGE_PACKAGES[name])
+        if ok and try_import:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    importlib.import_module(JUDGE_PACKAGES[name])
+            except Exception:
+                ok = False
+        out[name] = ok
+    return out
 
 
 def align(ref: np.ndarray, hyp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -261,3 +261,14 @@ def test_scorer_reports_missing_judge(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out["metrics"] == {} and out["notes"] == ["speaker: skipped: resemblyzer not installed"]
     with pytest.raises(ValueError, match="unknown judges"):
         W.WaveformScorer(judges=("mos",))
+
+
+def test_judge_availability(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(W, "_installed", lambda module: module != "pocketsphinx")
+
+    def broken_import(name: str) -> None:
+        raise ModuleNotFoundError("No module named 'pkg_resources'")
+
+    monkeypatch.setattr(W.importlib, "import_module", broken_import)
+    assert W.judge_availability() == {"speaker": True, "asr": False, "dnsmos": True}
+    assert W.judge_availability(try_import=True) == {"speaker": False, "asr": False, "dnsmos": False}
