@@ -27,6 +27,7 @@ that they can be reported beside each system.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import re
@@ -323,10 +324,12 @@ class AsrJudge:
     """Intelligibility as the WER of a pocketsphinx decode (Huggins-Daines et al., 2006,
     "PocketSphinx: a free, real-time continuous speech recognition system for hand-held
     devices"), with the en-us acoustic model, language model and dictionary bundled in the
-    ``pocketsphinx`` wheel.  English only."""
+    ``pocketsphinx`` wheel.  English only.  With ``cache`` (default) transcripts are kept by the
+    audio's digest, so the originals are decoded once however many systems are scored."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: bool = True) -> None:
         self._decoder: Any = None
+        self._cache: dict[bytes, str] | None = {} if cache else None
 
     def _load(self) -> Any:
         if self._decoder is None:
@@ -339,9 +342,17 @@ class AsrJudge:
         """The best hypothesis for ``wav (T,)`` (float in [-1, 1], resampled to 16 kHz and sent
         as 16-bit PCM); the empty string when nothing is recognised.  Each call starts from the
         configured initial feature state, so the result does not depend on earlier calls."""
-        decoder = self._load()
         x = resample(np.asarray(wav, np.float64), sr, JUDGE_SR)
         pcm = (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+        if self._cache is None:
+            return self._decode(pcm)
+        key = hashlib.sha1(pcm).digest()
+        if key not in self._cache:
+            self._cache[key] = self._decode(pcm)
+        return self._cache[key]
+
+    def _decode(self, pcm: bytes) -> str:
+        decoder = self._load()
         # Live cepstral-mean and noise estimates otherwise carry over from the previous
         # utterance, which made the same audio decode differently depending on what came before.
         decoder.reinit_feat()
@@ -357,10 +368,13 @@ class DnsmosJudge:
     objective speech quality metric to evaluate noise suppressors", ICASSP): predicted SIG
     (speech), BAK (background) and OVRL (overall) MOS, plus the P.808 overall MOS, from the ONNX
     models bundled with ``speechmos`` (non-personalised ``sig_bak_ovr.onnx`` and ``model_v8.onnx``)
-    and its polynomial calibration.  ONNX Runtime uses torch's intra-op thread count."""
+    and its polynomial calibration.  ONNX Runtime uses torch's intra-op thread count.  With
+    ``cache`` (default) scores are kept by the audio's digest, so the originals are scored once
+    however many systems are scored."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: bool = True) -> None:
         self._model: Any = None
+        self._cache: dict[bytes, dict[str, float]] | None = {} if cache else None
 
     def _load(self) -> Any:
         if self._model is None:
@@ -387,11 +401,18 @@ class DnsmosJudge:
         to [-1, 1] (as writing it to 16-bit PCM would); clips under 9.01 s are repeated to that
         length and longer ones scored on 1 s hops and averaged, as in the reference
         implementation."""
-        model = self._load()
         x = np.clip(resample(np.asarray(wav, np.float64), sr, JUDGE_SR), -1.0, 1.0).astype(np.float32)
         if x.size == 0 or not np.any(x):
             raise ValueError("empty or silent signal")
-        out = model(x, JUDGE_SR, False)
+        if self._cache is None:
+            return self._predict(x)
+        key = hashlib.sha1(x.tobytes()).digest()
+        if key not in self._cache:
+            self._cache[key] = self._predict(x)
+        return dict(self._cache[key])
+
+    def _predict(self, x: np.ndarray) -> dict[str, float]:
+        out = self._load()(x, JUDGE_SR, False)
         return {"sig": float(out["sig_mos"]), "bak": float(out["bak_mos"]),
                 "ovrl": float(out["ovrl_mos"]), "p808": float(out["p808_mos"])}
 
