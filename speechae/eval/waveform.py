@@ -52,6 +52,8 @@ MRSTFT_EPS = 1e-7
 JUDGES = ("speaker", "asr", "dnsmos")
 # The Python package (module name) each judge needs.
 JUDGE_PACKAGES = {"speaker": "resemblyzer", "asr": "pocketsphinx", "dnsmos": "speechmos"}
+# Signal metrics that need a package of the ``audio`` extra.
+METRIC_PACKAGES = {"waveform.stoi": "pystoi", "waveform.pesq_wb": "pesq"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,8 +441,9 @@ class Utt:
 class WaveformScorer:
     """Scores batches of :class:`Utt` with the signal metrics and the selected judges.
 
-    ``judges`` is a subset of :data:`JUDGES`; a judge whose package is not installed is
-    skipped with the note ``"skipped: <package> not installed"`` and gives no keys.  Models are
+    ``judges`` is a subset of :data:`JUDGES`; a judge (or STOI/PESQ) whose package is not
+    installed is skipped with the note ``"skipped: <package> not installed"`` and gives no
+    keys.  Models are
     loaded once per scorer, on first use.  ``signal_metrics=False`` leaves out STOI, PESQ,
     SI-SDR and MR-STFT (for instance to run only the judges)."""
 
@@ -453,6 +456,10 @@ class WaveformScorer:
         self.skipped: dict[str, str] = {}
         self.judges: dict[str, Any] = {}
         makers = {"speaker": SpeakerJudge, "asr": AsrJudge, "dnsmos": DnsmosJudge}
+        if signal_metrics:
+            for key, package in METRIC_PACKAGES.items():
+                if not _installed(package):
+                    self.skipped[key] = f"skipped: {package} not installed"
         for name in judges:
             package = JUDGE_PACKAGES[name]
             if _installed(package):
@@ -487,6 +494,8 @@ class WaveformScorer:
         trimmed, max_diff, non_english = 0, 0, 0
         desc = "waveform reference" if reference_only else "waveform"
         for utt in tqdm(utterances, desc=desc, unit="utt", disable=not self.progress):
+            if utt.id in per_utt:
+                raise ValueError(f"duplicate utterance id {utt.id}")
             ref = np.asarray(utt.ref, dtype=np.float64).reshape(-1)
             if reference_only:
                 hyp = ref
@@ -516,8 +525,10 @@ class WaveformScorer:
 
             if self.signal_metrics and not reference_only:
                 attempt(["waveform.si_sdr_db"], lambda: [si_sdr(ref, hyp)])
-                attempt(["waveform.stoi"], lambda: [stoi(ref, hyp, utt.sr)])
-                attempt(["waveform.pesq_wb"], lambda: [pesq_wb(ref, hyp, utt.sr)])
+                if "waveform.stoi" not in self.skipped:
+                    attempt(["waveform.stoi"], lambda: [stoi(ref, hyp, utt.sr)])
+                if "waveform.pesq_wb" not in self.skipped:
+                    attempt(["waveform.pesq_wb"], lambda: [pesq_wb(ref, hyp, utt.sr)])
                 attempt(["waveform.mrstft_sc", "waveform.mrstft_logmag"],
                         lambda: list(mr_stft_distance(ref, hyp).values()))
             if "speaker" in self.judges and not reference_only:

@@ -71,7 +71,8 @@ def test_si_sdr_limits() -> None:
 
 
 def test_normalize_words() -> None:
-    assert W.normalize_words("Don't STOP, the well-known “Café”!") == ["dont", "stop", "the", "well", "known", "café"]
+    assert W.normalize_words("Don't STOP, the well-known “Café”!") == \
+        ["dont", "stop", "the", "well", "known", "café"]
 
 
 def test_wer_hand_computed() -> None:
@@ -256,15 +257,21 @@ def test_scorer_batch(speech: dict[str, np.ndarray], scorer: W.WaveformScorer) -
     assert ref_out["metrics"]["judges.asr_wer"] == pytest.approx(en["judges.asr_wer_ref"])
 
 
-def test_scorer_reports_missing_judge(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(W, "_installed", lambda module: module != "resemblyzer")
-    scorer = W.WaveformScorer(judges=("speaker",), signal_metrics=False, progress=False)
+def test_scorer_reports_missing_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(W, "_installed", lambda module: module not in ("resemblyzer", "pystoi", "pesq"))
+    scorer = W.WaveformScorer(judges=("speaker",), progress=False)
     assert scorer.judges == {}
     x = _noise(SR, 0.1)
-    out = scorer.score([W.Utt("u", ref=x, hyp=x, sr=SR)])
-    assert out["metrics"] == {} and out["notes"] == ["speaker: skipped: resemblyzer not installed"]
+    out = scorer.score([W.Utt("u", ref=x, hyp=0.5 * x, sr=SR)])
+    assert out["metrics"] == pytest.approx({"waveform.si_sdr_db": math.inf, "waveform.mrstft_sc": 0.5,
+                                            "waveform.mrstft_logmag": math.log(2.0)})
+    assert out["notes"] == ["waveform.stoi: skipped: pystoi not installed",
+                            "waveform.pesq_wb: skipped: pesq not installed",
+                            "speaker: skipped: resemblyzer not installed"]
     with pytest.raises(ValueError, match="unknown judges"):
         W.WaveformScorer(judges=("mos",))
+    with pytest.raises(ValueError, match="duplicate utterance id"):
+        scorer.score([W.Utt("u", ref=x, hyp=x), W.Utt("u", ref=x, hyp=x)])
 
 
 def test_judge_availability(monkeypatch: pytest.MonkeyPatch) -> None:
