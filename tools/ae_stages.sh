@@ -20,8 +20,13 @@
 #   4 train    the experiment grid, --arms x --seeds [x --reg-weights] [x --fractions]: one
 #              `speechae train conf/arms/<arm>.yaml` per run into exp/<tag>_<arm>_s<seed>[_w<w>]
 #              [_frac<f>], --parallel-jobs at a time; each run is independent (--only-runs)
-#   5 evaluate speechae evaluate per run and test split (exp/<run>/eval for the first test split,
-#              exp/<run>/eval_<split> for others), then speechae compare of every run -> exp/compare
+#   5 vocoder  `speechae train conf/vocoder.yaml` into exp/vocoder: a neural vocoder trained on
+#              the ground-truth fbank of the training split (the features the autoencoder
+#              reconstructs), so every arm can be listened to and judged on waveforms;
+#              --vocoder false skips it (Griffin-Lim previews)
+#   6 evaluate speechae evaluate per run and test split (exp/<run>/eval for the first test split,
+#              exp/<run>/eval_<split> for others; with exp/vocoder, also waveform metrics and
+#              example wavs), then speechae compare of every run -> exp/compare
 #
 # Every stage keeps a marker that records its inputs (see tools/recipe_lib.sh): changed options,
 # configs or earlier stages rerun it, and a failed stage leaves the previous outputs in place.
@@ -29,7 +34,7 @@
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_lib.sh"
 
-last_stage=5
+last_stage=6
 
 opt_group "Stages"
 opt stage 0 "int:0-$last_stage" "first stage to run"
@@ -57,6 +62,8 @@ opt list_runs false bool "print the grid (one run per line: name, config, overri
 opt parallel_jobs 1 posint "runs trained or evaluated at the same time"
 opt train_threads "" "uint?" "torch threads per training/evaluation process (empty: the config's)"
 opt train_overrides "" str "extra key=value config overrides for every run, e.g. 'train.max_steps=20'"
+opt vocoder true bool "stage 5: train a neural vocoder (conf/vocoder.yaml) for listening and waveform metrics"
+opt vocoder_overrides "" str "extra key=value overrides of the vocoder config, e.g. 'train.max_steps=2000'"
 opt eval_args "" str "extra speechae evaluate options, e.g. '--baselines fbank,mfcc --stacks'"
 
 opt_group "Distributed training (stage 4)"
@@ -208,31 +215,56 @@ _eval_job() {
   first=$(_test_splits); first=${first%% *}
   name=eval; [ "$split" = "$first" ] || name=eval_$split
   case " ${all[*]} " in *" dev "*) dev=(--dev-cuts "data/targets/${prefix}_cuts_dev.jsonl.gz") ;; esac
-  local -a extra
+  local -a extra voc
   read -r -a extra <<< "$eval_args"
-  stage_job 5 "$name" --marker "exp/$run/.stage5.$name.done" --outputs "exp/$run/$name" \
-    --deps "exp/$run/.stage4.train.done" --tag "$run" -- \
+  read -r -a voc <<< "$(_vocoder_args)"
+  stage_job 6 "$name" --marker "exp/$run/.stage6.$name.done" --outputs "exp/$run/$name" \
+    --deps "exp/$run/.stage4.train.done ${voc[1]:+exp/vocoder/.stage5.vocoder.done}" --tag "$run" -- \
     speechae evaluate "exp/$run" --test-cuts "data/targets/${prefix}_cuts_$split.jsonl.gz" \
     --train-cuts "data/targets/${prefix}_cuts_$train.jsonl.gz" "${dev[@]}" --lang-dir data/lang \
-    --out-dir "exp/$run/$name" ${train_threads:+--num-threads "$train_threads"} "${extra[@]}"
+    --out-dir "exp/$run/$name" ${train_threads:+--num-threads "$train_threads"} "${voc[@]}" "${extra[@]}"
 }
 
 stage_5() {
+  if [ "$vocoder" != true ]; then
+    log "Stage 5: --vocoder false: no vocoder (evaluation uses Griffin-Lim for its example wavs)"
+    return 0
+  fi
+  local -a ov
+  read -r -a ov <<< "data.train_cuts=data/fbank/${prefix}_cuts_$(splits | cut -d, -f1).jsonl.gz $(_dev_override) \
+${train_threads:+train.num_threads=$train_threads} $vocoder_overrides"
+  run_stage 5 vocoder --marker exp/vocoder/.stage5.vocoder.done --outputs exp/vocoder --deps "$(marker 2)" \
+    --inputs "$(_config_chain conf/vocoder.yaml | tr '\n' ' ')" --resume -- \
+    speechae train conf/vocoder.yaml --exp-dir exp/vocoder "${ov[@]}" \
+    || die "Stage 5: vocoder training did not finish; rerun to resume it"
+}
+
+_dev_override() {
+  # data.dev_cuts of the vocoder: the dev split's fbank cuts, or none
+  case ",$(splits)," in *,dev,*) echo "data.dev_cuts=data/fbank/${prefix}_cuts_dev.jsonl.gz" ;; *) echo "data.dev_cuts=" ;; esac
+}
+
+_vocoder_args() {
+  # --vocoder exp/vocoder once stage 5 has finished it
+  if [ "$vocoder" = true ] && [ -f exp/vocoder/.stage5.vocoder.done ]; then echo "--vocoder exp/vocoder"; fi
+}
+
+stage_6() {
   local run split why
   local -a items=() done_runs=() missing=()
   for run in "${grid_runs[@]}"; do
     _selected_run "$run" || continue
     for split in $(_test_splits); do items+=("$run:$split"); done
   done
-  log "Stage 5: ${#items[@]} evaluation(s), $parallel_jobs at a time"
-  run_jobs "$parallel_jobs" _eval_job "${items[@]}" || die "Stage 5: some evaluations failed (see above)"
+  log "Stage 6: ${#items[@]} evaluation(s), $parallel_jobs at a time"
+  run_jobs "$parallel_jobs" _eval_job "${items[@]}" || die "Stage 6: some evaluations failed (see above)"
   for run in "${grid_runs[@]}"; do
-    if why=$(marker_fresh "exp/$run/.stage5.eval.done"); then done_runs+=("exp/$run"); else missing+=("$run"); fi
+    if why=$(marker_fresh "exp/$run/.stage6.eval.done"); then done_runs+=("exp/$run"); else missing+=("$run"); fi
   done
-  [ ${#missing[@]} -eq 0 ] || log "Stage 5: not in the comparison (not evaluated yet): ${missing[*]}"
+  [ ${#missing[@]} -eq 0 ] || log "Stage 6: not in the comparison (not evaluated yet): ${missing[*]}"
   # cheap, and must follow any re-evaluation: no marker
   run_cmd speechae compare "${done_runs[@]}" --out-dir exp/compare
-  log "Stage 5: reports in exp/<run>/eval/report.md, comparison in exp/compare/compare.md"
+  log "Stage 6: reports in exp/<run>/eval/report.md, comparison in exp/compare/compare.md"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +283,7 @@ _check_options() {
   done
   [ "$node_rank" -lt "$num_nodes" ] || _po_error "--node-rank $node_rank: must be below --num-nodes $num_nodes"
   if [ "$num_nodes" -gt 1 ] && { [ "$stage" -ne 4 ] || [ "$stop_stage" -ne 4 ]; }; then
-    _po_error "--num-nodes > 1: run the data stages and stage 5 on one node; here use --stage 4 --stop-stage 4"
+    _po_error "--num-nodes > 1: run the data stages and stages 5-6 on one node; here use --stage 4 --stop-stage 4"
   fi
   _grid
   for p in $only_runs; do
@@ -282,9 +314,9 @@ _check_earlier_stages() {
 ae_main() {
   # Parse the command line, then run the selected stages.
   help_message="Usage: ./run.sh [options]   ($recipe_title)
-Stages: 0 ${stage_names[0]} | 1 ${stage_names[1]} | 2 fbank | 3 targets | 4 train (grid) | 5 evaluate + compare
+Stages: 0 ${stage_names[0]} | 1 ${stage_names[1]} | 2 fbank | 3 targets | 4 train (grid) | 5 vocoder | 6 evaluate + compare
   ./run.sh                  all stages with the defaults below
-  ./run.sh --stage 4 --stop-stage 5 --arms \"none kl sigreg\" --seeds \"1 2 3\" [--reg-weights \"0.01 0.05\"]
+  ./run.sh --stage 4 --stop-stage 6 --arms \"none kl sigreg\" --seeds \"1 2 3\" [--reg-weights \"0.01 0.05\"]
 A stage reruns when its options, configs or input stages changed; --force-stage N reruns it anyway.
 Options (default in brackets):"
   parse_options "$@"

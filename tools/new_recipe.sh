@@ -43,6 +43,7 @@ if [ -e "$dest" ] && [ "$force" != true ]; then
 fi
 mkdir -p "$dest/conf/arms" "$dest/local"
 cp "$src/conf/arms/"*.yaml "$dest/conf/arms/"
+cp "$src/conf/vocoder.yaml" "$dest/conf/vocoder.yaml"  # stage 5 (its data paths come from the stage)
 
 if [ -n "$from" ]; then
   cp "$src/conf/train_base.yaml" "$dest/conf/train_base.yaml"
@@ -145,7 +146,7 @@ EOF
 # template (tools/ae_stages.sh).  See README.md and docs/new_language.md.
 #
 #   ./run.sh --corpus-dir /path/to/corpus --language xx --stage 0 --stop-stage 3
-#   ./run.sh --stage 4 --stop-stage 5 --arms "none kl sigreg" --seeds "1 2 3"
+#   ./run.sh --stage 4 --stop-stage 6 --arms "none kl sigreg" --seeds "1 2 3"
 set -euo pipefail
 cd "\$(dirname "\${BASH_SOURCE[0]}")"
 root=\${SPEECHAE_ROOT:-\$(cd ../../.. && pwd)}
@@ -197,7 +198,7 @@ Made by \`tools/new_recipe.sh $name${from:+ --from $from}\`; see
 2. \`./run.sh --corpus-dir /path/to/corpus --language xx --stage 0 --stop-stage 3\` prepares the data:
    manifests in \`data/manifests/\` (\`${name}_skipped.txt\` lists skipped items with \`--on-error skip\`),
    features in \`data/fbank/\`, sentencepiece + k-means in \`data/lang/\`, training cuts in \`data/targets/\`.
-3. \`./run.sh --stage 4 --stop-stage 5 --arms "none kl sigreg" --seeds "1 2 3"\` trains the grid
+3. \`./run.sh --stage 4 --stop-stage 6 --arms "none kl sigreg" --seeds "1 2 3"\` trains the grid
    into \`exp/S_<arm>_s<seed>/\`, evaluates every run and compares them in \`exp/compare/\`.
 
 \`conf/train_base.yaml\` holds what the arms share, \`conf/arms/<arm>.yaml\` the regularizer of each;

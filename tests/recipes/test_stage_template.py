@@ -232,7 +232,7 @@ def test_kill_9_leaves_a_backup_that_the_next_run_restores(mini: Recipe) -> None
 # ---- the experiment grid ---------------------------------------------------------------------
 
 
-GRID = ["--stage", "4", "--stop-stage", "5", "--arms", "none kl sigreg", "--seeds", "1 2",
+GRID = ["--stage", "4", "--stop-stage", "6", "--vocoder", "false", "--arms", "none kl sigreg", "--seeds", "1 2",
         "--reg-weights", "0.01 0.05"]
 
 
@@ -260,14 +260,14 @@ def test_grid_trains_and_evaluates_every_run_then_compares_them_all(mini: Recipe
 def test_only_runs_spreads_a_grid_and_a_changed_config_reruns_its_runs(mini: Recipe) -> None:
     mini.run(*DATA)
     mini.calls()
-    res = mini.run("--stage", "4", "--stop-stage", "5", "--only-runs", "tiny_kl_*")
+    res = mini.run("--stage", "4", "--stop-stage", "6", "--vocoder", "false", "--only-runs", "tiny_kl_*")
     assert [c.split()[0] for c in mini.calls()] == ["train", "evaluate", "compare"]
     assert "not in the comparison (not evaluated yet): tiny_none_s1 tiny_sigreg_s1" in res.stderr
-    mini.run("--stage", "4", "--stop-stage", "5")
+    mini.run("--stage", "4", "--stop-stage", "6", "--vocoder", "false")
     assert sum(c.startswith("train ") for c in mini.calls()) == 2
     arm = mini.dir / "conf" / "arms" / "kl.yaml"
     arm.write_text(arm.read_text() + "# edited\n")
-    res = mini.run("--stage", "4", "--stop-stage", "5")
+    res = mini.run("--stage", "4", "--stop-stage", "6", "--vocoder", "false")
     calls = mini.calls()
     assert [c.split()[0] for c in calls] == ["train", "evaluate", "compare"] and "kl.yaml" in calls[0]
     assert "its input conf/arms/kl.yaml changed" in res.stderr
@@ -280,7 +280,7 @@ def test_only_runs_spreads_a_grid_and_a_changed_config_reruns_its_runs(mini: Rec
 def test_a_failing_run_does_not_stop_the_others_and_resumes(mini: Recipe) -> None:
     mini.run(*DATA)
     mini.calls()
-    res = mini.run("--stage", "4", "--stop-stage", "5", check=False, FAKE_FAIL="train:kl.yaml")
+    res = mini.run("--stage", "4", "--stop-stage", "6", "--vocoder", "false", check=False, FAKE_FAIL="train:kl.yaml")
     assert res.returncode != 0 and "rerunning resumes it" in res.stderr
     exp = mini.dir / "exp"
     assert (exp / "tiny_none_s1" / ".stage4.train.done").exists()
@@ -288,10 +288,10 @@ def test_a_failing_run_does_not_stop_the_others_and_resumes(mini: Recipe) -> Non
     assert not (exp / "tiny_kl_s1" / ".stage4.train.done").exists()
     assert (exp / "tiny_kl_s1" / "checkpoints").is_dir()  # kept for the resume
     assert "evaluate" not in [c.split()[0] for c in mini.calls()]
-    res = mini.run("--stage", "4", "--stop-stage", "5", check=False, FAKE_FAIL="train:kl.yaml")
+    res = mini.run("--stage", "4", "--stop-stage", "6", "--vocoder", "false", check=False, FAKE_FAIL="train:kl.yaml")
     assert "Stage 4 (train tiny_kl_s1): start (its last run did not finish)" in res.stderr
     assert "unfinished outputs were removed" not in res.stderr  # resumed
-    res = mini.run("--stage", "4", "--stop-stage", "5", "--train-overrides", "optim.lr=0.01")
+    res = mini.run("--stage", "4", "--stop-stage", "6", "--vocoder", "false", "--train-overrides", "optim.lr=0.01")
     assert "Stage 4 (train tiny_kl_s1): start (its last run did not finish with other options; " \
            "its unfinished outputs were removed)" in res.stderr
 
@@ -307,6 +307,29 @@ def test_a_failed_rerun_of_a_finished_run_keeps_it_until_options_return(mini: Re
     res = mini.run("--stage", "4", "--stop-stage", "4", "--arms", "kl")
     assert "restoring the finished outputs" in res.stderr and "already done" in res.stderr
     assert mini.snapshot("exp/tiny_kl_s1") == before
+
+
+def test_vocoder_stage_trains_once_and_every_evaluation_uses_it(mini: Recipe) -> None:
+    mini.run(*DATA)
+    mini.calls()
+    mini.run("--stage", "4", "--stop-stage", "6", "--arms", "kl sigreg")
+    calls = mini.calls()
+    vocoder = [c for c in calls if c.startswith("train conf/vocoder.yaml")]
+    assert len(vocoder) == 1 and "--exp-dir exp/vocoder" in vocoder[0]
+    for opt in ("data.train_cuts=data/fbank/mini_cuts_train.jsonl.gz", "data.dev_cuts=data/fbank/mini_cuts_dev.jsonl.gz",
+                "train.num_threads=1"):
+        assert opt in vocoder[0].split()
+    order = [c.split()[0] + (" vocoder" if "vocoder.yaml" in c else "") for c in calls]
+    assert order.index("train vocoder") > max(i for i, c in enumerate(order) if c == "train")  # after the grid
+    evaluations = [c for c in calls if c.startswith("evaluate ")]
+    assert len(evaluations) == 2 and all("--vocoder exp/vocoder" in c for c in evaluations)
+    mini.run("--stage", "5", "--stop-stage", "6", "--arms", "kl sigreg")
+    assert [c.split()[0] for c in mini.calls()] == ["compare"]  # nothing retrained or re-evaluated
+    mini.run("--stage", "5", "--stop-stage", "6", "--arms", "kl sigreg", "--vocoder-overrides", "train.max_steps=7")
+    calls = mini.calls()
+    assert [c.split()[0] for c in calls] == ["train", "evaluate", "evaluate", "compare"]  # new vocoder: re-judged
+    res = mini.run("--stage", "5", "--stop-stage", "6", "--arms", "kl", "--vocoder", "false", "--force-stage", "6")
+    assert "--vocoder false" in res.stderr and all("--vocoder" not in c for c in mini.calls())
 
 
 def test_killing_the_grid_stops_every_run(mini: Recipe) -> None:
@@ -356,7 +379,9 @@ def test_new_recipe_uses_the_template_and_runs_every_stage(tmp_path: Path) -> No
     calls = run.calls()
     assert [c.split()[0] for c in calls][:4] == ["prepare-corpus", "compute-fbank", "prepare-targets", "train"]
     assert "--prefix mylang" in calls[0]
-    assert sum(c.startswith("train ") for c in calls) == 3 and "train.max_steps=4" in calls[3]
+    arms = [c for c in calls if c.startswith("train conf/arms/")]
+    assert len(arms) == 3 and "train.max_steps=4" in calls[3]
+    assert sum(c.startswith("train conf/vocoder.yaml") for c in calls) == 1  # stage 5 came with the fork
     assert calls[-1].startswith("compare ")
     # a changed local/prepare.sh reruns stage 0
     with open(recipe / "local" / "prepare.sh", "a") as f:

@@ -5,7 +5,7 @@
 #
 #   ./run.sh --stage 0 --stop-stage 3                                 # OpenSLR 53 (downloaded)
 #   ./run.sh --corpora slr53,commonvoice,bengaliai --dl-dir /data/bn  # all three (two manual downloads)
-#   ./run.sh --stage 4 --stop-stage 5 --arms "none kl sigreg" --seeds "1 2 3" --world-size 4
+#   ./run.sh --stage 4 --stop-stage 6 --arms "none kl sigreg" --seeds "1 2 3" --world-size 4
 #   ./run.sh --help
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -5,7 +5,7 @@
 #
 #   ./run.sh                                                    # all stages
 #   ./run.sh --model-size tiny --train-overrides "train.max_steps=4"  # a quick check on a CPU
-#   ./run.sh --stage 4 --stop-stage 5 --arms "none kl sigreg" --seeds "1 2 3"
+#   ./run.sh --stage 4 --stop-stage 6 --arms "none kl sigreg" --seeds "1 2 3"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=${SPEECHAE_ROOT:-$(cd ../../.. && pwd)}

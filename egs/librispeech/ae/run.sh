@@ -5,7 +5,7 @@
 #   ./run.sh --stage 0 --stop-stage 3                         # data: download (~60 GB) and prepare
 #   ./run.sh --dl-dir /data/corpora --stage 0 --stop-stage 3  # use a copy already on disk
 #   ./run.sh --dataset-parts mini_librispeech                 # train-clean-5 + dev-clean-2 (~0.5 GB)
-#   ./run.sh --stage 4 --stop-stage 5 --arms "none kl sigreg" --seeds "1 2 3" --model-size M --world-size 8
+#   ./run.sh --stage 4 --stop-stage 6 --arms "none kl sigreg" --seeds "1 2 3" --model-size M --world-size 8
 #   ./run.sh --help
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -4,7 +4,7 @@
 #
 #   ./run.sh                                          # all stages: arms none, kl, sigreg; seed 1
 #   ./run.sh --stage 0 --stop-stage 3                 # data only
-#   ./run.sh --stage 4 --stop-stage 5 --seeds "1 2 3" # the grid over three seeds
+#   ./run.sh --stage 4 --stop-stage 6 --seeds "1 2 3" # the grid over three seeds
 #   ./run.sh --help
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
