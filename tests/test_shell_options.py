@@ -143,7 +143,7 @@ def test_every_recipe_lists_the_same_options_with_descriptions(recipe_env):
 @pytest.mark.parametrize("args, message", [
     (["foo", "--stage", "6"], "unexpected argument 'foo'"),
     (["--stage", "abc"], "'abc' is not an integer"),
-    (["--stage", "9"], "9 is out of range (0-5)"),
+    (["--stage", "9"], "9 is out of range (0-6)"),
     (["--stop-stage", "1", "--stage", "3"], "--stop-stage 1 is before --stage 3"),
     (["--arms", "none bogus"], "--arms: unknown arm 'bogus'"),
     (["--arm", "kl"], "unknown option --arm"),
