@@ -45,11 +45,19 @@ import click
 @click.option("--baseline-cache", default="default", show_default=True,
               help="directory for baseline scores shared by evaluations of the same data, settings and code "
                    "('default': EXP_DIR/../.eval_cache; 'none': always recompute)")
+@click.option("--vocoder", default=None,
+              help="vocoder experiment (stage 5's exp/vocoder) for the waveform evaluation [default: Griffin-Lim]")
+@click.option("--listen-utts", type=int, default=12, show_default=True,
+              help="test utterances resynthesised and judged on waveforms (STOI, PESQ, judges); 0: no "
+                   "waveform evaluation")
+@click.option("--listen-judges", default="speaker,asr,dnsmos", show_default=True,
+              help="pretrained judges (each skipped with a note when its package is missing)")
 def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cuts: str | None, lang_dir: str | None,
              baselines: str, out_dir: str | None, weights: str, phone_probe: str, token_probe: str,
              probe_epochs: int, probe_seeds: int, token_probe_epochs: int, kmeans_k: int, abx_max_cells: int,
              max_train_utts: int | None, max_test_utts: int | None, max_train_hours: float, max_test_hours: float,
-             device: str, stacks: bool, num_threads: int, seed: int, baseline_cache: str) -> None:
+             device: str, stacks: bool, num_threads: int, seed: int, baseline_cache: str, vocoder: str | None,
+             listen_utts: int, listen_judges: str) -> None:
     """Evaluate EXP_DIR's averaged model and baselines: EXP_DIR/eval/{metrics.json, report.md, *.png}."""
     from dataclasses import replace
 
@@ -69,9 +77,13 @@ def evaluate(exp_dir: str, test_cuts: str | None, train_cuts: str | None, dev_cu
     cfg.phone_probe = replace(cfg.phone_probe, kind=phone_probe, epochs=probe_epochs, seed=seed)
     cfg.token_probe = replace(cfg.token_probe, kind=token_probe, epochs=token_probe_epochs, seed=seed)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
+    from speechae.eval.listen import ListenConfig
+
+    judges = tuple(j.strip() for j in listen_judges.split(",") if j.strip())
+    listen = ListenConfig(num_utts=listen_utts, judges=judges) if listen_utts > 0 else None
     metrics = evaluate_experiment(exp_dir, test_cuts, train_cuts, dev_cuts, lang_dir, names, cfg, out_dir,
                                   weights=weights, cache_dir=None if baseline_cache == "none" else baseline_cache,
-                                  device=device)
+                                  device=device, vocoder=vocoder, listen=listen)
     out = Path(out_dir or Path(exp_dir) / "eval")
     click.echo(f"wrote {out}/metrics.json and {out}/report.md in {metrics['eval_seconds']:.0f}s")
 

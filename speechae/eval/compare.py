@@ -91,6 +91,12 @@ HEADLINE: list[Metric] = [
     # shown beside its floor but not ranked (the standardised value is)
     Metric("Epps-Pulley", ("geometry.ep",), better=None, chance_keys=("geometry.ep_floor",)),
     Metric("KL nats/frame", ("geometry.kl_total_nats",), better=None),
+    # waveforms (speechae.eval.listen): the reconstruction through the vocoder
+    Metric("STOI", ("listening.system.waveform.stoi",), better="higher", bounds=(0.0, 1.0)),
+    Metric("PESQ-WB", ("listening.system.waveform.pesq_wb",), better="higher", bounds=(1.0, 4.64)),
+    Metric("speaker sim", ("listening.system.judges.speaker_sim",), better="higher", bounds=(-1.0, 1.0)),
+    Metric("ASR WER %", ("listening.system.judges.asr_wer",), 100.0),
+    Metric("DNSMOS OVRL", ("listening.system.judges.dnsmos_ovrl",), better="higher", bounds=(1.0, 5.0)),
     Metric("loss spikes", ("resources.training.loss_spikes",)),
     Metric("non-finite steps", ("resources.training.nonfinite_steps",)),
     Metric("audio s / s", ("resources.training.audio_seconds_per_second",), better="higher"),

@@ -336,12 +336,18 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
                         lang_dir: str | Path | None = None, baselines: Sequence[str] = DEFAULT_BASELINES,
                         cfg: EvalConfig = EvalConfig(), out_dir: str | Path | None = None,
                         weights: str = "window", cache_dir: str | Path | None = "default",
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", vocoder: str | Path | None = None,
+                        listen: Any = "default") -> dict[str, Any]:
     """Evaluate ``<exp_dir>``'s model (``weights``: see :func:`load_experiment_model`); data
     paths default to the experiment's resolved config (test cuts: see
     :func:`default_test_cuts`).  Baseline scores are cached in ``cache_dir`` (``"default"``:
     ``<exp_dir>/../.eval_cache``, shared by the runs of an experiment grid; None: no cache).
-    Neural systems encode on ``device`` (``auto``: the GPU when present)."""
+    Neural systems encode on ``device`` (``auto``: the GPU when present).
+
+    ``listen`` (a :class:`speechae.eval.listen.ListenConfig`; ``"default"``: its defaults;
+    None: skipped) adds the waveform evaluation of :mod:`speechae.eval.listen` with the vocoder
+    of the experiment directory ``vocoder`` (Griffin-Lim when None): ``metrics["listening"]``,
+    a report section, example wavs, and the original audio and copy-synthesis as baseline rows."""
     exp_dir = Path(exp_dir)
     model, config, weight_info = load_experiment_model(exp_dir, weights)
     data_cfg = config.get("data", {})
@@ -367,6 +373,32 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
         cache_dir = exp_dir.resolve().parent / ".eval_cache"
     fingerprint = data_fingerprint(paths)
     keys = {s.name: baseline_cache_key(s, fingerprint, cfg, config.get("model")) for s in systems if s is not None}
-    return evaluate_system(system, data, out_dir or exp_dir / "eval", [s if s is not None else "mean_spectrum"
-                                                                       for s in systems], cfg, info, exp_dir,
-                           cache_dir, keys)
+    out_dir = Path(out_dir or exp_dir / "eval")
+    metrics = evaluate_system(system, data, out_dir, [s if s is not None else "mean_spectrum" for s in systems],
+                              cfg, info, exp_dir, cache_dir, keys)
+    if listen is None:
+        return metrics
+    from speechae.eval.listen import ListenConfig, evaluate_listening, listening_report
+
+    listen_cfg = ListenConfig() if listen == "default" else listen
+    vocoder_dir = resolve_path(vocoder, exp_dir).resolve() if vocoder else None
+    t0 = time.perf_counter()
+    with contextlib.chdir(recipe_dir):
+        result = evaluate_listening(model, open_cuts(inputs[1]), out_dir.resolve(), vocoder_dir, listen_cfg,
+                                    Path(cache_dir).resolve() if cache_dir else None, dev)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    metrics["listening"] = result
+    labels = {"original": "original audio", "copy_vocoder": "vocoder copy-synthesis",
+              "copy_griffin_lim": "Griffin-Lim copy-synthesis"}
+    for key, label in labels.items():
+        if isinstance(result.get(key), dict):
+            metrics["baselines"][label] = {"listening": {"system": result[key]}}
+    metrics["eval_seconds"] = round(metrics["eval_seconds"] + result["seconds"], 1)
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, ensure_ascii=False, default=float), encoding="utf-8")
+    report = (out_dir / "report.md").read_text(encoding="utf-8")
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(report + listening_report(result), encoding="utf-8")
+    log.info("listening evaluation (%d utterances, %s) in %.1fs", result.get("num_utterances", 0),
+             result.get("vocoder"), result["seconds"])
+    return metrics
