@@ -216,26 +216,29 @@ def evaluate_listening(model: torch.nn.Module, cuts: Any, out_dir: str | Path, v
     scorer = WaveformScorer(judges=tuple(cfg.judges), progress=True)
     lengths = [len(it.audio) for it in items]
 
-    copy_voc = [synth(it.fbank, n) for it, n in zip(items, lengths)] if vocoder is not None else None
-    copy_gl = [gl(it.fbank, n) for it, n in zip(items, lengths)]
+    # the system first: evaluations of a grid score their systems side by side, and only then
+    # wait for the one that scores the shared references
+    recon = [reconstruct(model, it.fbank) for it in items]
+    system_wavs = [synth(r, n) for r, n in zip(recon, lengths)]
+    system = _summary(scorer.score(_utts(items, system_wavs)))
 
     def references() -> dict[str, Any]:
+        copy_gl = [gl(it.fbank, n) for it, n in zip(items, lengths)]
         out = {"original": _summary(scorer.score_reference(_utts(items, None))),
                "copy_griffin_lim": _summary(scorer.score(_utts(items, copy_gl)))}
-        if copy_voc is not None:
+        if vocoder is not None:
+            copy_voc = [synth(it.fbank, n) for it, n in zip(items, lengths)]
             out["copy_vocoder"] = _summary(scorer.score(_utts(items, copy_voc)))
         return out
 
     key = _digest([it.id for it in items], lengths, vocoder_key, tuple(cfg.judges), cfg.griffin_lim_iters)
     cache = Path(cache_dir) / f"listening-{key}.json" if cache_dir else None
     refs = _cached(cache, references)
-    recon = [reconstruct(model, it.fbank) for it in items]
-    system_wavs = [synth(r, n) for r, n in zip(recon, lengths)]
-    system = _summary(scorer.score(_utts(items, system_wavs)))
-    wavs = {"original": [it.audio for it in items], "system": system_wavs}
-    wavs["copy_" + ("vocoder" if vocoder is not None else "griffin_lim")] = copy_voc if copy_voc is not None else copy_gl
-    examples = _write_examples(out_dir, items, wavs, {"original": [it.fbank for it in items], "system": recon},
-                               cfg.num_examples)
+    n_ex = min(cfg.num_examples, len(items))
+    copy_name = "copy_" + ("vocoder" if vocoder is not None else "griffin_lim")
+    wavs = {"original": [it.audio for it in items[:n_ex]], "system": system_wavs[:n_ex],
+            copy_name: [synth(it.fbank, n) for it, n in zip(items[:n_ex], lengths)]}
+    examples = _write_examples(out_dir, items, wavs, {"original": [it.fbank for it in items], "system": recon}, n_ex)
     notes = sorted(set(scorer.skipped.values()))
     if vocoder is None:
         notes.append("no vocoder: the system and its copy-synthesis use Griffin-Lim")

@@ -19,6 +19,7 @@ stage_names=(synth manifests)
 # three at once finish sooner than two-then-one)
 nj=2; vocab_size=256; num_clusters=50; model_size=tiny
 arms="none kl sigreg"; seeds=1; parallel_jobs=3; train_threads=1
+eval_args="--listen-utts 8"  # waveform judges cost ~5 CPU-s per utterance and signal
 
 opt_group "Corpus (stages 0-1)"
 opt num_speakers 12 posint "pseudo-speakers (>= 8): 2 dev and 2 test speakers are held out"
