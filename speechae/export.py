@@ -148,6 +148,12 @@ def _latent_dim(module: DecoderPart) -> int:
     return int(module.decoder.in_proj.in_features)
 
 
+def latent_dim_of(model: nn.Module) -> int:
+    """Channels of z: the bottleneck's ``latent_dim`` (else the decoder's input width)."""
+    dim = getattr(model.bottleneck, "latent_dim", None)
+    return int(dim) if dim is not None else int(model.decoder.in_proj.in_features)
+
+
 @contextlib.contextmanager
 def _export_mode() -> Iterator[None]:
     """While exporting or tracing, the model code behaves as under torch.compile
@@ -160,15 +166,19 @@ def _export_mode() -> Iterator[None]:
     import speechae.models.bottleneck as bottleneck
     import speechae.models.scaling as scaling
 
-    saved = bottleneck._latent_metrics, scaling.compiling
-    bottleneck._latent_metrics = lambda z, valid: {}
-    scaling.compiling = lambda: True
+    patches = [(scaling, "compiling", lambda: True)]
+    if hasattr(bottleneck, "_latent_metrics"):
+        patches.append((bottleneck, "_latent_metrics", lambda z, valid: {}))
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    for mod, name, value in patches:
+        setattr(mod, name, value)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        bottleneck._latent_metrics, scaling.compiling = saved
+        for mod, name, value in saved:
+            setattr(mod, name, value)
 
 
 def _dynamic_shapes(part: str) -> dict[str, dict[int, Any]]:
@@ -270,7 +280,7 @@ def export_model(model: nn.Module, out_dir: str | Path, formats: Sequence[str] =
     model = model.cpu().eval()
     parts = ["encoder", "decoder"] + (["vocoder"] if vocoder is not None else [])
     report: dict[str, Any] = {"frame_ratio": int(model.frame_ratio), "latent_frame_rate": float(model.latent_frame_rate),
-                              "num_mel_bins": int(model.num_mel_bins), "latent_dim": int(model.bottleneck.latent_dim),
+                              "num_mel_bins": int(model.num_mel_bins), "latent_dim": latent_dim_of(model),
                               "hop": 160, "sampling_rate": 16000, "min_encoder_frames": MIN_ENCODER_FRAMES,
                               "io": {p: {"inputs": IO_NAMES[p][0], "outputs": IO_NAMES[p][1]} for p in parts},
                               "files": {}, "parity_max_abs": {}, "export_seconds": {}, **(meta or {})}

@@ -200,7 +200,9 @@ class SpeechAE:
     @property
     def latent_dim(self) -> int:
         """Channels of z."""
-        return int(self.model.bottleneck.latent_dim)
+        from speechae.export import latent_dim_of
+
+        return latent_dim_of(self.model)
 
     # ------------------------------------------------------------------ features
     def features(self, wav: WavLike, sr: int, name: str = "waveform") -> Tensor:
