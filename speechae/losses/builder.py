@@ -21,36 +21,57 @@ weight sweep overrides a single number (``losses.weights.sigreg=0.02``).
 The active terms are ``recon``, the regularizer (unless ``none``), the semantic objectives and
 every key of ``weights``; a term named in ``weights`` only is therefore a log-only monitor when
 its weight is 0 (e.g. ``sigreg: 0`` on a KL run to compare geometry).  Terms without an entry
-in ``weights`` get :data:`DEFAULT_WEIGHTS`.
+in ``weights`` get their registered default weight (:data:`DEFAULT_WEIGHTS`).
+
+Terms are looked up by name in the registries :data:`~speechae.losses.semantic.REGULARIZERS`
+and :data:`~speechae.losses.semantic.SEMANTIC_OBJECTIVES`.  A built-in term reads its typed
+block (``sigreg:``, ``kl:``, ``masked_units:``, ...); a registered term that is not built in
+reads ``options.<name>``, parsed strictly by the dataclass it registered::
+
+    regularizer: l2z
+    options:
+      l2z: {scale: 0.5}
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from torch import nn
 
-from speechae.config import ConfigError, resolve_choice
-from speechae.losses.composer import REGULARIZER_NAMES, SEMANTIC_NAMES, LossComposer
-from speechae.losses.kl import KLRegularizer
+from speechae.config import ConfigError, from_dict, resolve_choice
+from speechae.losses.composer import LossComposer
 from speechae.losses.reconstruction import ReconstructionLoss
 from speechae.losses.schedules import build_schedule
-from speechae.losses.semantic import (CTCObjective, Distillation, LatentPrediction,
-                                      MaskedUnitPrediction, load_teacher)
-from speechae.losses.sigreg import SIGReg
+from speechae.losses.semantic import (REGULARIZERS, SEMANTIC_OBJECTIVES, LossContext, LossTerm,
+                                      RegularizerInputs)
 
-# Defaults: LeJEPA uses SIGReg weights 0.02..0.05; the KL beta is warmed up from 0 (Bowman et
-# al. 2016) to a small value because KL is summed over dimensions while recon is a mean.
-DEFAULT_WEIGHTS: dict[str, Any] = {
-    "recon": 1.0,
-    "sigreg": 0.05,
-    "kl": {"type": "linear_warmup", "start": 0.0, "end": 1.0e-3, "steps": 2000},
-    "masked_units": 1.0,
-    "latent_prediction": 1.0,
-    "distill": 1.0,
-    "ctc": 1.0,
-}
+
+class _DefaultWeights(Mapping[str, Any]):
+    """``{term: default weight}`` read from the registries (``recon``: 1.0), so that a newly
+    registered term has its default too."""
+
+    def _names(self) -> list[str]:
+        return ["recon"] + REGULARIZERS.names() + SEMANTIC_OBJECTIVES.names()
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "recon":
+            return 1.0
+        for registry in (REGULARIZERS, SEMANTIC_OBJECTIVES):
+            if name in registry:
+                return registry.get(name).default_weight
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+DEFAULT_WEIGHTS: Mapping[str, Any] = _DefaultWeights()
+"""Default weight of every term (the registered ``default_weight``; ``recon``: 1.0)."""
 
 
 @dataclasses.dataclass
@@ -160,16 +181,33 @@ class LossConfig:
     ctc: CTCConfig = dataclasses.field(default_factory=CTCConfig)
     prism: PrismConfig = dataclasses.field(default_factory=PrismConfig)
     regularizer_ramp: Optional[dict[str, Any]] = None
+    # settings of registered terms that are not built in: {term: {key: value}}
+    options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def _term(name: str) -> LossTerm:
+    """The registry entry of a regularizer or semantic objective (KeyError if neither)."""
+    for registry in (REGULARIZERS, SEMANTIC_OBJECTIVES):
+        if name in registry:
+            return registry.get(name)
+    raise KeyError(name)
 
 
 def active_terms(cfg: LossConfig) -> list[str]:
-    """Names of all terms the config activates, validated against the known names."""
-    resolve_choice("regularizer", cfg.regularizer, {n: n for n in REGULARIZER_NAMES + ("none",)})
+    """Names of all terms the config activates, validated against the registered names (and
+    ``losses.options`` against the terms that take options)."""
+    resolve_choice("regularizer", cfg.regularizer, {n: n for n in REGULARIZERS.names() + ["none"]})
     for name in cfg.semantic:
-        resolve_choice("semantic objective", name, {n: n for n in SEMANTIC_NAMES})
-    known = ("recon",) + REGULARIZER_NAMES + SEMANTIC_NAMES
+        SEMANTIC_OBJECTIVES.get(name)
+    known = ["recon"] + REGULARIZERS.names() + SEMANTIC_OBJECTIVES.names()
     for name in cfg.weights:
         resolve_choice("loss term in weights", name, {n: n for n in known})
+    with_options = [n for n in known[1:] if _term(n).options is not None]
+    for name in cfg.options:
+        if name not in with_options:
+            raise ConfigError(f"losses.options.{name}: only registered terms that are not built in take "
+                              f"options (a built-in term has its own block, losses.{name}); terms with options: "
+                              f"{sorted(with_options)}")
     names = ["recon"] + ([cfg.regularizer] if cfg.regularizer != "none" else []) + list(cfg.semantic)
     names += [n for n in cfg.weights if n not in names]
     return names
@@ -180,7 +218,7 @@ def _weight_spec(cfg: LossConfig, name: str) -> Any:
     regularizer weight (see the module docstring)."""
     spec = cfg.weights.get(name, DEFAULT_WEIGHTS[name])
     ramp = cfg.regularizer_ramp
-    if ramp is None or name not in REGULARIZER_NAMES or isinstance(spec, Mapping):
+    if ramp is None or name not in REGULARIZERS or isinstance(spec, Mapping):
         return spec
     if isinstance(spec, bool) or not isinstance(spec, (int, float)):
         raise ConfigError(f"loss.weights.{name}: expected a number or a schedule mapping, got {spec!r}")
@@ -195,24 +233,36 @@ def _weight_spec(cfg: LossConfig, name: str) -> Any:
     return {**ramp, "start": 0.0, "end": float(spec)}
 
 
-def _build_term(name: str, cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module]) -> nn.Module:
-    if name == "sigreg":
-        c = cfg.sigreg
-        return SIGReg(c.num_directions, c.num_knots, c.t_max, c.num_frames, c.seed)
-    if name == "kl":
-        return KLRegularizer(cfg.kl.free_bits, cfg.kl.active_threshold, cfg.kl.log_dims)
-    if name == "masked_units":
-        c = cfg.masked_units
-        return MaskedUnitPrediction(latent_dim, c.num_classes, c.proj_dim, c.temperature, c.target_key)
-    if name == "latent_prediction":
-        return LatentPrediction(latent_dim, cfg.latent_prediction.hidden, cfg.latent_prediction.distance)
-    if name == "distill":
-        c = cfg.distill
-        return Distillation(latent_dim, c.teacher_dim, teacher, c.cos_weight, c.l1_weight)
-    if name == "ctc":
-        c = cfg.ctc
-        return CTCObjective(latent_dim, c.vocab_size, c.target_key, c.target_offset)
-    raise ConfigError(f"unknown loss term '{name}'")
+def _build_term(name: str, cfg: LossConfig, ctx: LossContext) -> nn.Module:
+    """Build term ``name`` with its registered builder: from its typed block ``loss.<name>``
+    (built-in terms) or from ``loss.options.<name>`` parsed by the term's options dataclass."""
+    term = _term(name)
+    if term.options is None:
+        settings = getattr(cfg, name, None)
+        if not dataclasses.is_dataclass(settings):
+            raise ConfigError(f"loss term '{name}' registers no options dataclass and LossConfig has no "
+                              f"'{name}' block: register it with options=<its settings dataclass>")
+    else:
+        settings = from_dict(term.options, cfg.options.get(name, {}), f"losses.options.{name}")
+    return term.build(settings, ctx)
+
+
+# Applied by LossComposer itself, each with its own call signature.
+_COMPOSER_REGULARIZERS = ("sigreg", "kl")
+
+
+class _ComposerWithRegistered(LossComposer):
+    """A :class:`LossComposer` that also applies registered regularizers other than ``sigreg``
+    and ``kl``: each is called with the :class:`~speechae.losses.semantic.RegularizerInputs` of
+    the clean view and returns ``(loss, metrics)``.  Used only when such a regularizer is active,
+    so the built-in arms keep the plain composer."""
+
+    def _apply_regularizers(self, apply: Any, clean: Any, step: int, metrics: dict) -> None:
+        super()._apply_regularizers(apply, clean, step, metrics)
+        for name, reg in self.regularizers.items():
+            if name not in _COMPOSER_REGULARIZERS:
+                inp = RegularizerInputs(clean.z, clean.z_lengths, clean.z_mean, clean.z_logvar, step)
+                apply(name, lambda reg=reg, inp=inp: reg(inp))
 
 
 def build_losses(cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module] = None,
@@ -227,17 +277,18 @@ def build_losses(cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module] 
     """
     names = active_terms(cfg)
     schedules = {n: build_schedule(_weight_spec(cfg, n), f"loss.weights.{n}") for n in names}
-    if "distill" in names and teacher is None and cfg.distill.teacher_path:
-        teacher = load_teacher(cfg.distill.teacher_path, teacher_factory)
+    ctx = LossContext(latent_dim, teacher, teacher_factory)
     r = cfg.recon
     recon = ReconstructionLoss(r.l1, r.l2, r.multires, r.delta, r.scales)
-    regs = {n: _build_term(n, cfg, latent_dim, teacher) for n in names if n in REGULARIZER_NAMES}
-    objs = {n: _build_term(n, cfg, latent_dim, teacher) for n in names if n in SEMANTIC_NAMES}
+    regs = {n: _build_term(n, cfg, ctx) for n in names if n in REGULARIZERS}
+    objs = {n: _build_term(n, cfg, ctx) for n in names if n in SEMANTIC_OBJECTIVES}
     m = cfg.masking
     if not 0.0 <= m.mask_prob <= 1.0 or m.span < 1:
         raise ConfigError(f"loss.masking: mask_prob must be in [0, 1] and span >= 1, got {m}")
     keep = cfg.prism.keep if cfg.prism.enabled else None
     if keep is not None and not 0.0 < keep <= 1.0:
         raise ConfigError(f"loss.prism.keep must be in (0, 1], got {keep}")
-    return LossComposer(schedules, recon, regs, objs, m.mask_prob, m.span, m.realised, m.min_spans,
+    composer_cls = (_ComposerWithRegistered if any(n not in _COMPOSER_REGULARIZERS for n in regs)
+                    else LossComposer)
+    return composer_cls(schedules, recon, regs, objs, m.mask_prob, m.span, m.realised, m.min_spans,
                         keep, m.seed)

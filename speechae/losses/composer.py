@@ -52,10 +52,11 @@ from speechae.losses.masking import latent_frame_mask, lengths_to_mask, span_mas
 from speechae.losses.prism import lowpass_dct
 from speechae.losses.reconstruction import ReconstructionLoss
 from speechae.losses.schedules import Schedule
-from speechae.losses.semantic import SemanticInputs
+from speechae.losses.semantic import REGULARIZERS, SEMANTIC_OBJECTIVES, SemanticInputs
 
-REGULARIZER_NAMES = ("sigreg", "kl")
-SEMANTIC_NAMES = ("masked_units", "latent_prediction", "distill", "ctc")
+# The built-in names, read from the registries (speechae.losses.semantic) at import.
+REGULARIZER_NAMES = tuple(REGULARIZERS.names())
+SEMANTIC_NAMES = tuple(SEMANTIC_OBJECTIVES.names())
 
 
 @dataclasses.dataclass

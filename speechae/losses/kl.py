@@ -20,10 +20,16 @@ number of dimensions with Var_x[E[z_d | x]] = Var over valid frames of mu_d abov
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from speechae.losses.masking import lengths_to_mask
+from speechae.losses.semantic import REGULARIZERS, LossContext, register_term
+
+if TYPE_CHECKING:
+    from speechae.losses.builder import KLConfig
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -66,3 +72,12 @@ class KLRegularizer(nn.Module):
             for d, v in enumerate(kl_dim.detach()):
                 metrics[f"kl/dim_{d:02d}"] = v
         return loss, metrics
+
+
+# beta is warmed up from 0 (Bowman et al. 2016) to a small value: KL is summed over dimensions
+# while the reconstruction is a mean.
+@register_term(REGULARIZERS, "kl", default_weight={"type": "linear_warmup", "start": 0.0, "end": 1.0e-3,
+                                                    "steps": 2000})
+def build_kl(c: KLConfig, ctx: LossContext) -> KLRegularizer:
+    """``kl`` from the typed block ``losses.kl``."""
+    return KLRegularizer(c.free_bits, c.active_threshold, c.log_dims)

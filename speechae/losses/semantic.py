@@ -10,18 +10,27 @@ frames they concern, so batches of different lengths weigh alike.
   masked-view z to the clean-view z at masked frames; pair it with SIGReg against collapse;
 * ``distill``: cosine + L1 regression of frozen-teacher features from a linear head on z;
 * ``ctc``: CTC on token or phone sequences through a linear head on z.
+
+The loss-term registries live here: :data:`SEMANTIC_OBJECTIVES` and :data:`REGULARIZERS` map a
+name to a :class:`LossTerm` (a builder, its default weight and, for a term that is not built
+in, the dataclass of its ``losses.options.<name>`` block).  A new objective is one module that
+registers itself with :func:`register_term` plus its config (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from speechae.losses.masking import frames_to_latent, lengths_to_mask, resample_lengthwise
+from speechae.registry import Registry
+
+if TYPE_CHECKING:
+    from speechae.losses.builder import CTCConfig, DistillConfig, LatentPredictionConfig, MaskedUnitsConfig
 
 
 @dataclasses.dataclass
@@ -44,6 +53,78 @@ class SemanticInputs:
     frame_ratio: float
     latent_mask: Optional[torch.Tensor] = None
     target_z: Optional[torch.Tensor] = None
+
+
+@dataclasses.dataclass
+class RegularizerInputs:
+    """What a registered regularizer receives (the built-in ``sigreg`` and ``kl`` are called by
+    the composer with their own signatures): the clean view of the latent.  The module returns
+    ``(loss, metrics)``.
+
+    Attributes:
+        z: (B, T_z, D) what the decoder saw, before decoder-input noise.
+        z_lengths: valid latent frames (B,).
+        z_mean, z_logvar: posterior parameters (B, T_z, D) of a gaussian bottleneck, else None.
+        step: the training step.
+    """
+
+    z: torch.Tensor
+    z_lengths: torch.Tensor
+    z_mean: Optional[torch.Tensor]
+    z_logvar: Optional[torch.Tensor]
+    step: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LossContext:
+    """What a loss-term builder may need besides its settings block.
+
+    Attributes:
+        latent_dim: D of the model's z.
+        teacher: frozen teacher module given to ``build_losses`` (distillation), or None.
+        teacher_factory: builds the teacher architecture when a teacher file is a state dict.
+    """
+
+    latent_dim: int
+    teacher: Optional[nn.Module] = None
+    teacher_factory: Optional[Callable[[], nn.Module]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+    """A registry entry: ``build(settings, ctx) -> nn.Module``.
+
+    Attributes:
+        build: the builder; ``settings`` is the term's typed block ``losses.<name>`` when
+            ``options`` is None (the built-in terms), else ``losses.options.<name>`` parsed
+            strictly into ``options``.
+        default_weight: the weight (a number or a schedule mapping, see
+            :mod:`speechae.losses.schedules`) used when ``losses.weights`` has no entry.
+        options: dataclass of the term's ``losses.options.<name>`` block, or None.
+    """
+
+    build: Callable[[Any, LossContext], nn.Module]
+    default_weight: Any
+    options: Optional[type] = None
+
+
+REGULARIZERS: Registry[LossTerm] = Registry("regularizer", builtins=("speechae.losses.sigreg", "speechae.losses.kl"))
+"""Regularizers on z (``losses.regularizer``)."""
+
+SEMANTIC_OBJECTIVES: Registry[LossTerm] = Registry("semantic objective")
+"""Semantic objectives (``losses.semantic``); the built-ins are registered below."""
+
+
+def register_term(registry: Registry[LossTerm], name: str, default_weight: Any,
+                  options: Optional[type] = None) -> Callable[[Callable[[Any, LossContext], nn.Module]],
+                                                              Callable[[Any, LossContext], nn.Module]]:
+    """Decorator: register a builder ``fn(settings, ctx) -> nn.Module`` as loss term ``name``
+    of ``registry`` (see :class:`LossTerm`); a name can be registered once.  Returns ``fn``."""
+    def add(fn: Callable[[Any, LossContext], nn.Module]) -> Callable[[Any, LossContext], nn.Module]:
+        registry.register(name, LossTerm(fn, default_weight, options))
+        return fn
+
+    return add
 
 
 def masked_unit_loss(logits: torch.Tensor, targets: torch.Tensor,
@@ -294,3 +375,33 @@ class CTCObjective(nn.Module):
         tokens = target_lens.sum().clamp_min(1).float()
         infeasible = (ctc_min_frames(targets, target_lens) > inp.z_lengths.long()).sum()
         return total / frames, {"ctc/per_token": (total / tokens).detach(), "ctc/infeasible": infeasible}
+
+
+# Built-in objectives: settings are the typed blocks of LossConfig (speechae.losses.builder).
+
+@register_term(SEMANTIC_OBJECTIVES, "masked_units", default_weight=1.0)
+def build_masked_units(c: MaskedUnitsConfig, ctx: LossContext) -> MaskedUnitPrediction:
+    """``masked_units`` from ``losses.masked_units``."""
+    return MaskedUnitPrediction(ctx.latent_dim, c.num_classes, c.proj_dim, c.temperature, c.target_key)
+
+
+@register_term(SEMANTIC_OBJECTIVES, "latent_prediction", default_weight=1.0)
+def build_latent_prediction(c: LatentPredictionConfig, ctx: LossContext) -> LatentPrediction:
+    """``latent_prediction`` from ``losses.latent_prediction``."""
+    return LatentPrediction(ctx.latent_dim, c.hidden, c.distance)
+
+
+@register_term(SEMANTIC_OBJECTIVES, "distill", default_weight=1.0)
+def build_distill(c: DistillConfig, ctx: LossContext) -> Distillation:
+    """``distill`` from ``losses.distill``; the teacher is ``ctx.teacher``, else loaded from
+    ``teacher_path`` when set (else the batch must carry precomputed ``teacher`` features)."""
+    teacher = ctx.teacher
+    if teacher is None and c.teacher_path:
+        teacher = load_teacher(c.teacher_path, ctx.teacher_factory)
+    return Distillation(ctx.latent_dim, c.teacher_dim, teacher, c.cos_weight, c.l1_weight)
+
+
+@register_term(SEMANTIC_OBJECTIVES, "ctc", default_weight=1.0)
+def build_ctc(c: CTCConfig, ctx: LossContext) -> CTCObjective:
+    """``ctc`` from ``losses.ctc``."""
+    return CTCObjective(ctx.latent_dim, c.vocab_size, c.target_key, c.target_offset)

@@ -52,13 +52,17 @@ Speech pitfalls handled here:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from speechae.losses.masking import lengths_to_mask
+from speechae.losses.semantic import REGULARIZERS, LossContext, register_term
+
+if TYPE_CHECKING:
+    from speechae.losses.builder import SIGRegConfig
 
 
 def epps_pulley_grid(num_knots: int = 17, t_max: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,3 +216,10 @@ def effective_rank(z: torch.Tensor, eps: float = 1e-12) -> float:
     p = s / s.sum().clamp_min(eps)
     h = -(p * torch.log(p.clamp_min(eps))).sum()
     return float(math.exp(float(h)))
+
+
+# LeJEPA uses SIGReg weights 0.02..0.05.
+@register_term(REGULARIZERS, "sigreg", default_weight=0.05)
+def build_sigreg(c: SIGRegConfig, ctx: LossContext) -> SIGReg:
+    """``sigreg`` from the typed block ``losses.sigreg``."""
+    return SIGReg(c.num_directions, c.num_knots, c.t_max, c.num_frames, c.seed)

@@ -1,6 +1,7 @@
 """Bottlenecks: encoder features (B, T_z, C) -> continuous latent z (B, T_z, D).
 
-Two kinds, chosen by name in :data:`BOTTLENECKS`:
+Chosen by name (``model.bottleneck.kind``) in the registry :data:`BOTTLENECKS`; the built-in
+kinds are:
 
 * ``gaussian`` (VAE): linear heads for mean and log-variance; a reparameterised sample in
   training, the mean at inference.  The KL term itself is a loss (speechae.losses), not here.
@@ -9,16 +10,25 @@ Two kinds, chosen by name in :data:`BOTTLENECKS`:
   per utterance.
 
 Both zero z on padded frames so that padding never reaches a loss.
+
+A new kind is one module that registers a builder with :func:`register_bottleneck` (and the
+dataclass of its ``model.bottleneck.options``), plus its config; see docs/extending.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
+from speechae.config import ConfigError
 from speechae.models.scaling import lengths_to_mask
+from speechae.registry import Registry
+
+if TYPE_CHECKING:
+    from speechae.models.builder import BottleneckConfig
 
 
 @dataclass
@@ -127,7 +137,52 @@ class DeterministicBottleneck(nn.Module):
         return BottleneckOutput(z, lengths, None, None, dec_in, _latent_metrics(z, valid))
 
 
-BOTTLENECKS: dict[str, type[nn.Module]] = {
-    "gaussian": GaussianBottleneck,
-    "deterministic": DeterministicBottleneck,
-}
+@dataclass(frozen=True)
+class BottleneckContext:
+    """What a bottleneck builder gets besides its settings: ``input_dim`` (C of the encoder
+    output) and ``latent_dim`` (D, ``model.bottleneck.latent_dim``)."""
+
+    input_dim: int
+    latent_dim: int
+
+
+@dataclass(frozen=True)
+class BottleneckEntry:
+    """A registry entry: ``build(settings, ctx) -> nn.Module`` (a module with the
+    :class:`BottleneckOutput` contract).  ``settings`` is the typed ``model.bottleneck`` block
+    when ``options`` is None (the built-in kinds), else ``model.bottleneck.options`` parsed
+    strictly into the ``options`` dataclass."""
+
+    build: Callable[[Any, BottleneckContext], nn.Module]
+    options: Optional[type] = None
+
+
+BOTTLENECKS: Registry[BottleneckEntry] = Registry("bottleneck")
+"""Bottleneck kinds (``model.bottleneck.kind``)."""
+
+
+def register_bottleneck(name: str, options: Optional[type] = None) -> Callable[[Callable[..., nn.Module]],
+                                                                               Callable[..., nn.Module]]:
+    """Decorator: register a builder ``fn(settings, ctx) -> nn.Module`` as bottleneck kind
+    ``name`` (see :class:`BottleneckEntry`); a name can be registered once.  Returns ``fn``."""
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        BOTTLENECKS.register(name, BottleneckEntry(fn, options))
+        return fn
+
+    return add
+
+
+@register_bottleneck("gaussian")
+def build_gaussian(cfg: BottleneckConfig, ctx: BottleneckContext) -> GaussianBottleneck:
+    """``gaussian`` from the typed block (``logvar_min/max``; ``norm`` must stay ``none``)."""
+    if cfg.norm != "none":
+        raise ConfigError(f"model.bottleneck.norm={cfg.norm!r} applies to the deterministic bottleneck only; "
+                          "a gaussian posterior is not normalised (set norm: none)")
+    return GaussianBottleneck(ctx.input_dim, ctx.latent_dim, logvar_min=cfg.logvar_min,
+                              logvar_max=cfg.logvar_max)
+
+
+@register_bottleneck("deterministic")
+def build_deterministic(cfg: BottleneckConfig, ctx: BottleneckContext) -> DeterministicBottleneck:
+    """``deterministic`` from the typed block (``norm``, ``noise_tau``)."""
+    return DeterministicBottleneck(ctx.input_dim, ctx.latent_dim, norm=cfg.norm, noise_tau=cfg.noise_tau)

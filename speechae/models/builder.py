@@ -5,6 +5,12 @@ decoder setting; ``build_model`` is the only code that reads it -- module constr
 plain keyword arguments.  Encoder presets S/M/L follow the published Zipformer tables
 (arXiv 2310.11230, Table 1: layers, widths, feed-forward dims, heads); the decoder sizes are
 ours (roughly a quarter to a third of the encoder).  ``tiny`` is for tests and the CPU recipe.
+
+The bottleneck and the decoder are looked up by name (``model.bottleneck.kind``,
+``model.decoder.kind``) in the registries :data:`~speechae.models.bottleneck.BOTTLENECKS` and
+:data:`~speechae.models.decoder.DECODERS`.  The built-in kinds read the typed keys below; a
+registered kind that is not built in reads its ``options:`` mapping, parsed strictly by the
+dataclass it registered (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import Any, Literal, Mapping
 
 from speechae.config import ConfigError, from_dict, resolve_choice
 from speechae.models.autoencoder import SpeechAE
-from speechae.models.bottleneck import BOTTLENECKS
-from speechae.models.decoder import LatentDecoder
+from speechae.models.bottleneck import BOTTLENECKS, BottleneckContext
+from speechae.models.decoder import DECODERS, DecoderContext
 from speechae.models.zipformer import ZipformerEncoder
 
 
@@ -37,25 +43,57 @@ class EncoderConfig:
     dropout: float | None = None
 
 
+def _settings(where: str, entry: Any, block: Any, typed: tuple[str, ...]) -> Any:
+    """What the registered builder of ``block.kind`` receives: ``block`` itself when the entry
+    has no options dataclass (the built-in kinds, which read the typed keys ``typed``), else
+    ``block.options`` parsed strictly by that dataclass (then the typed keys must keep their
+    defaults: they would be silently ignored)."""
+    if entry.options is None:
+        if block.options:
+            raise ConfigError(f"{where}.options: kind '{block.kind}' takes no options; its settings are the keys "
+                              f"of {where} itself")
+        return block
+    defaults = {f.name: f.default for f in dataclasses.fields(block)}
+    ignored = sorted(n for n in typed if getattr(block, n) != defaults[n])
+    if ignored:
+        raise ConfigError(f"{where}: {ignored} apply to the built-in kinds only; kind '{block.kind}' takes its "
+                          f"settings from {where}.options")
+    return from_dict(entry.options, block.options, f"{where}.options")
+
+
 @dataclass
 class BottleneckConfig:
-    """``kind``: gaussian | deterministic.  ``logvar_min/max``: gaussian clamp.  ``norm``
-    (deterministic only): none | frame | channel; default none, so that an arm comparison
-    changes the regularizer and nothing else (a gaussian bottleneck with a norm is an error).  ``noise_tau`` (deterministic): decoder-input noise
-    sigma = tau * U(0,1) per utterance in training (RAE uses 0.8)."""
+    """``kind``: a registered bottleneck (built in: gaussian | deterministic).  ``logvar_min/max``:
+    gaussian clamp.  ``norm`` (deterministic only): none | frame | channel; default none, so that
+    an arm comparison changes the regularizer and nothing else (a gaussian bottleneck with a norm
+    is an error).  ``noise_tau`` (deterministic): decoder-input noise sigma = tau * U(0,1) per
+    utterance in training (RAE uses 0.8).  ``options``: the settings of a registered kind that is
+    not built in (parsed by its own dataclass)."""
 
-    kind: Literal["gaussian", "deterministic"] = "gaussian"
+    kind: str = "gaussian"
     latent_dim: int = 64
     logvar_min: float = -12.0
     logvar_max: float = 6.0
     norm: Literal["none", "frame", "channel"] = "none"
     noise_tau: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.settings()  # an unknown kind or bad options fail when the config is read
+
+    def settings(self) -> Any:
+        """The settings the registered builder of ``kind`` receives (see :func:`_settings`)."""
+        return _settings("model.bottleneck", BOTTLENECKS.get(self.kind), self,
+                         ("logvar_min", "logvar_max", "norm", "noise_tau"))
 
 
 @dataclass
 class DecoderConfig:
-    """Overrides of the preset's decoder settings (None = keep the preset value)."""
+    """``kind``: a registered decoder (built in: ``zipformer``, :class:`LatentDecoder`).  The typed
+    keys override the preset's settings of the built-in decoder (None = keep the preset value);
+    ``options``: the settings of a registered kind that is not built in."""
 
+    kind: str = "zipformer"
     dim: int | None = None
     num_layers: int | None = None
     ff_dim: int | None = None
@@ -65,6 +103,15 @@ class DecoderConfig:
     num_conv_blocks: int | None = None
     up_kernel_size: int | None = None
     dropout: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.settings()
+
+    def settings(self) -> Any:
+        """The settings the registered builder of ``kind`` receives (see :func:`_settings`)."""
+        typed = tuple(f.name for f in dataclasses.fields(self) if f.name not in ("kind", "options"))
+        return _settings("model.decoder", DECODERS.get(self.kind), self, typed)
 
 
 @dataclass
@@ -144,16 +191,8 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> SpeechAE:
                                output_downsampling=_OUTPUT_DOWNSAMPLING[cfg.output_rate],
                                **enc_kwargs)
     bn = cfg.bottleneck
-    bn_cls = resolve_choice("bottleneck", bn.kind, BOTTLENECKS)
-    if bn.kind == "gaussian" and bn.norm != "none":
-        raise ConfigError(f"model.bottleneck.norm={bn.norm!r} applies to the deterministic bottleneck only; "
-                          "a gaussian posterior is not normalised (set norm: none)")
-    if bn.kind == "gaussian":
-        bottleneck = bn_cls(encoder.output_dim, bn.latent_dim, logvar_min=bn.logvar_min,
-                            logvar_max=bn.logvar_max)
-    else:
-        bottleneck = bn_cls(encoder.output_dim, bn.latent_dim, norm=bn.norm, noise_tau=bn.noise_tau)
-    dec_kwargs = _merge(preset["decoder"], cfg.decoder)
-    decoder = LatentDecoder(bn.latent_dim, encoder.frame_ratio, num_mel_bins=cfg.num_mel_bins,
-                            pos_dim=enc_kwargs["pos_dim"], **dec_kwargs)
+    bottleneck = BOTTLENECKS.get(bn.kind).build(bn.settings(), BottleneckContext(encoder.output_dim, bn.latent_dim))
+    dec = cfg.decoder
+    decoder = DECODERS.get(dec.kind).build(dec.settings(), DecoderContext(
+        bn.latent_dim, encoder.frame_ratio, cfg.num_mel_bins, enc_kwargs["pos_dim"], preset["decoder"]))
     return SpeechAE(encoder, bottleneck, decoder, num_mel_bins=cfg.num_mel_bins)

@@ -10,14 +10,26 @@ few convolution blocks at the output rate for local detail.
 Upsampling is learned and frame-local: each latent frame is mapped by a linear layer to
 ``ratio`` output frames (equivalent to a transposed convolution with kernel = stride), so no
 padding ever leaks into valid frames; the conv blocks that follow smooth across the seams.
+
+Decoders are chosen by name (``model.decoder.kind``, default ``zipformer``: :class:`LatentDecoder`)
+in the registry :data:`DECODERS`; a new kind registers a builder with :func:`register_decoder`
+and the dataclass of its ``model.decoder.options`` (docs/extending.md).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from torch import Tensor, nn
 
 from speechae.models.scaling import BiasNorm, first_frames, lengths_to_mask, zero_padded
 from speechae.models.zipformer import ConvModule, FeedForward, ZipformerLayer, relative_position_encoding
+from speechae.registry import Registry
+
+if TYPE_CHECKING:
+    from speechae.models.builder import DecoderConfig
 
 
 class ConvBlock(nn.Module):
@@ -73,3 +85,59 @@ class LatentDecoder(nn.Module):
         for block in self.blocks:
             x = block(x, valid)
         return zero_padded(self.out_proj(x), valid)
+
+
+@dataclass(frozen=True)
+class DecoderContext:
+    """What a decoder builder gets besides its settings.
+
+    Attributes:
+        latent_dim: D of z.  frame_ratio: output frames per latent frame.
+        num_mel_bins: F of the output.  pos_dim: the encoder's relative-position dimension.
+        preset: the model preset's decoder settings (``speechae.models.builder.PRESETS``).
+    """
+
+    latent_dim: int
+    frame_ratio: int
+    num_mel_bins: int
+    pos_dim: int
+    preset: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DecoderEntry:
+    """A registry entry: ``build(settings, ctx) -> nn.Module`` with the decoder contract
+    ``forward(z, z_lengths, lengths, length) -> (B, length, num_mel_bins)``.  ``settings`` is the
+    typed ``model.decoder`` block when ``options`` is None (the built-in kind), else
+    ``model.decoder.options`` parsed strictly into the ``options`` dataclass."""
+
+    build: Callable[[Any, DecoderContext], nn.Module]
+    options: Optional[type] = None
+
+
+DECODERS: Registry[DecoderEntry] = Registry("decoder")
+"""Decoder kinds (``model.decoder.kind``)."""
+
+
+def register_decoder(name: str, options: Optional[type] = None) -> Callable[[Callable[..., nn.Module]],
+                                                                            Callable[..., nn.Module]]:
+    """Decorator: register a builder ``fn(settings, ctx) -> nn.Module`` as decoder kind ``name``
+    (see :class:`DecoderEntry`); a name can be registered once.  Returns ``fn``."""
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        DECODERS.register(name, DecoderEntry(fn, options))
+        return fn
+
+    return add
+
+
+@register_decoder("zipformer")
+def build_latent_decoder(cfg: DecoderConfig, ctx: DecoderContext) -> LatentDecoder:
+    """``zipformer`` (:class:`LatentDecoder`): the preset's decoder settings, overridden by the
+    typed keys of ``model.decoder`` that are set."""
+    kwargs = dict(ctx.preset)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name not in ("kind", "options") and value is not None:
+            kwargs[f.name] = value
+    return LatentDecoder(ctx.latent_dim, ctx.frame_ratio, num_mel_bins=ctx.num_mel_bins, pos_dim=ctx.pos_dim,
+                         **kwargs)
