@@ -3,10 +3,13 @@ decoder, training task).
 
 A new arm or objective is one file that registers its class plus its config block::
 
-    from speechae.losses.registry import REGULARIZERS
+    from speechae.losses.semantic import REGULARIZERS, register_term
 
-    @REGULARIZERS.register("my_reg")
+    @register_term(REGULARIZERS, "my_reg", default_weight=0.01, options=MyRegOptions)
     class MyRegularizer(nn.Module): ...
+
+(see docs/extending.md).  A module that registers entries is imported by the registry's
+``builtins`` or, for a project's own entries, by the experiment config's ``imports:`` list.
 
 Lookups fail with a :class:`~speechae.config.ConfigError` that lists the registered names, so
 a typo in a config names the valid choices.  The registries are filled when the module that

@@ -44,8 +44,7 @@ from speechae.config import ConfigError, from_dict, resolve_choice
 from speechae.losses.composer import LossComposer
 from speechae.losses.reconstruction import ReconstructionLoss
 from speechae.losses.schedules import build_schedule
-from speechae.losses.semantic import (REGULARIZERS, SEMANTIC_OBJECTIVES, LossContext, LossTerm,
-                                      RegularizerInputs)
+from speechae.losses.semantic import (REGULARIZERS, SEMANTIC_OBJECTIVES, LossContext, LossTerm)
 
 
 class _DefaultWeights(Mapping[str, Any]):
@@ -248,21 +247,6 @@ def _build_term(name: str, cfg: LossConfig, ctx: LossContext) -> nn.Module:
 
 
 # Applied by LossComposer itself, each with its own call signature.
-_COMPOSER_REGULARIZERS = ("sigreg", "kl")
-
-
-class _ComposerWithRegistered(LossComposer):
-    """A :class:`LossComposer` that also applies registered regularizers other than ``sigreg``
-    and ``kl``: each is called with the :class:`~speechae.losses.semantic.RegularizerInputs` of
-    the clean view and returns ``(loss, metrics)``.  Used only when such a regularizer is active,
-    so the built-in arms keep the plain composer."""
-
-    def _apply_regularizers(self, apply: Any, clean: Any, step: int, metrics: dict) -> None:
-        super()._apply_regularizers(apply, clean, step, metrics)
-        for name, reg in self.regularizers.items():
-            if name not in _COMPOSER_REGULARIZERS:
-                inp = RegularizerInputs(clean.z, clean.z_lengths, clean.z_mean, clean.z_logvar, step)
-                apply(name, lambda reg=reg, inp=inp: reg(inp))
 
 
 def build_losses(cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module] = None,
@@ -288,7 +272,5 @@ def build_losses(cfg: LossConfig, latent_dim: int, teacher: Optional[nn.Module] 
     keep = cfg.prism.keep if cfg.prism.enabled else None
     if keep is not None and not 0.0 < keep <= 1.0:
         raise ConfigError(f"loss.prism.keep must be in (0, 1], got {keep}")
-    composer_cls = (_ComposerWithRegistered if any(n not in _COMPOSER_REGULARIZERS for n in regs)
-                    else LossComposer)
-    return composer_cls(schedules, recon, regs, objs, m.mask_prob, m.span, m.realised, m.min_spans,
+    return LossComposer(schedules, recon, regs, objs, m.mask_prob, m.span, m.realised, m.min_spans,
                         keep, m.seed)

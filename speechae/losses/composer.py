@@ -52,7 +52,7 @@ from speechae.losses.masking import latent_frame_mask, lengths_to_mask, span_mas
 from speechae.losses.prism import lowpass_dct
 from speechae.losses.reconstruction import ReconstructionLoss
 from speechae.losses.schedules import Schedule
-from speechae.losses.semantic import REGULARIZERS, SEMANTIC_OBJECTIVES, SemanticInputs
+from speechae.losses.semantic import REGULARIZERS, SEMANTIC_OBJECTIVES, RegularizerInputs, SemanticInputs
 
 # The built-in names, read from the registries (speechae.losses.semantic) at import.
 REGULARIZER_NAMES = tuple(REGULARIZERS.names())
@@ -207,6 +207,10 @@ class LossComposer(nn.Module):
                 raise ValueError("the 'kl' loss needs a gaussian bottleneck (z_mean / z_logvar are None)")
             reg = self.regularizers["kl"]
             apply("kl", lambda: reg(clean.z_mean, clean.z_logvar, clean.z_lengths))
+        for name, reg in self.regularizers.items():  # registered ones: (RegularizerInputs) -> (loss, metrics)
+            if name not in ("sigreg", "kl"):
+                inp = RegularizerInputs(clean.z, clean.z_lengths, clean.z_mean, clean.z_logvar, step)
+                apply(name, lambda reg=reg, inp=inp: reg(inp))
 
     def _apply_semantic(self, apply: Any, w: Mapping[str, float], batch: Mapping[str, Any], out: Any,
                         masked: _View, clean: _View, input_mask: Optional[torch.Tensor],

@@ -423,8 +423,11 @@ def load_model_from_checkpoint(path: str | Path, averaged: bool = True,
     """
     from speechae.models import build_model  # local: keeps checkpoint utilities import-light
 
+    from speechae.train.config import import_extensions
+
     ckpt = load_checkpoint(path, map_location=map_location)
     config = ckpt["config"]
+    import_extensions(config.get("imports"))
     model = build_model(config["model"])
     weights = ckpt.get("model_avg") if averaged and ckpt.get("model_avg") is not None else ckpt["model"]
     model.load_state_dict(cast_like(weights, model.state_dict()))

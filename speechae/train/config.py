@@ -87,6 +87,9 @@ class ExperimentConfig:
     (e.g. ``vocoder``) have config classes of their own with the same ``data`` and ``train``."""
 
     task: str = "autoencoder"
+    # modules imported before the config is parsed: they register a project's own bottlenecks,
+    # decoders, regularizers, objectives or tasks (docs/extending.md)
+    imports: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -98,11 +101,23 @@ class ExperimentConfig:
         return to_dict(self)
 
 
+def import_extensions(modules: Sequence[str] | None) -> None:
+    """Import the modules of a config's ``imports:`` list (their registrations run)."""
+    import importlib
+
+    for name in modules or ():
+        try:
+            importlib.import_module(str(name))
+        except ImportError as e:
+            raise ConfigError(f"config.imports: cannot import {name!r} ({e}); is it on PYTHONPATH?") from None
+
+
 def experiment_config_from_dict(data: Mapping[str, Any]) -> Any:
     """Strictly parse a full experiment config (unknown keys raise ConfigError) with the config
     class of its task (``task:``, default ``autoencoder``)."""
     from speechae.train.task import task_class, task_name_of
 
+    import_extensions(data.get("imports") if isinstance(data, Mapping) else None)
     cfg = from_dict(task_class(task_name_of(data)).config_class, data, "config")
     t = cfg.train
     for name in ("max_steps", "log_every", "accum_grad"):

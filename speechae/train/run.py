@@ -219,7 +219,9 @@ def write_experiment_files(cfg: ExperimentConfig, exp_dir: Path, command: Sequen
     if cfg_path.is_file() and ck.list_checkpoints(exp_dir / "checkpoints"):
         old, new = yaml.safe_load(cfg_path.read_text(encoding="utf-8")), yaml.safe_load(text)
         if isinstance(old, dict):
-            old.setdefault("task", "autoencoder")  # configs written before tasks had no key
+            old.setdefault("task", "autoencoder")  # configs written before these keys existed
+            if old["task"] == "autoencoder":
+                old.setdefault("imports", [])
         changed = sorted(_diff_keys(old, new))
         risky = [k for k in changed if k not in RESUME_SAFE_KEYS]
         shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in (risky or changed))

@@ -42,9 +42,10 @@ TASKS: Registry[type["Task"]] = Registry("task", builtins=("speechae.train.ae_ta
 class Updater(Protocol):
     """What the trainer offers a task for its updates (implemented by the Trainer)."""
 
-    def update(self, name: str, batches: Sequence[Batch], loss_fn: LossFn,
+    def update(self, name: str | Sequence[str], batches: Sequence[Batch], loss_fn: LossFn,
                module: nn.Module | None = None) -> dict[str, float]:
-        """One update of optimizer ``name``: for every micro-batch ``b``, ``loss, metrics =
+        """One update of optimizer ``name`` (or of several, on one backward, when ``name`` is a
+        sequence of names): for every micro-batch ``b``, ``loss, metrics =
         loss_fn(b)`` under autocast, backward of ``loss / len(batches)`` (DDP-synchronised on the
         last micro-batch only, when ``module`` is a DDP wrapper); then clipping, the all-rank
         finite check, scheduler and optimizer step.  Returns the metrics averaged over the

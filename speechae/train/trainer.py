@@ -190,11 +190,15 @@ class Trainer:
         metrics.update(self._step_metrics(self._skipped))
         return metrics
 
-    def update(self, name: str, batches: Sequence[Batch], loss_fn: LossFn,
+    def update(self, name: str | Sequence[str], batches: Sequence[Batch], loss_fn: LossFn,
                module: nn.Module | None = None) -> dict[str, float]:
-        """One update of the task's optimizer ``name`` (see :class:`speechae.train.task.Updater`)."""
-        optimizer = self.task.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
+        """One update of the task's optimizer ``name`` -- or of several optimizers on one
+        backward (a tuple of names: e.g. an autoencoder and its waveform head with their own
+        optimizers); see :class:`speechae.train.task.Updater`."""
+        names = [name] if isinstance(name, str) else list(name)
+        optimizers = [self.task.optimizers[n] for n in names]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         finite = True
         can_defer = self.env.distributed and isinstance(module, DistributedDataParallel)
@@ -209,25 +213,26 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
-        grad_norm = self._clip(optimizer)
+        norms = [self._clip(opt) for opt in optimizers]
         if self.scaler is None:
-            finite = finite and math.isfinite(grad_norm)
+            finite = finite and all(math.isfinite(g) for g in norms)
         skip = all_reduce_max(0.0 if finite else 1.0, self.env) > 0
-        scheduler = self.task.schedulers.get(name)
-        if skip:
-            self._skipped = True
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            if scheduler is not None:
-                scheduler.step(self.step, self.epoch)
-            if self.scaler is not None:
-                self.scaler.step(optimizer)
+        for n, opt, grad_norm in zip(names, optimizers, norms):
+            scheduler = self.task.schedulers.get(n)
+            if skip:
+                opt.zero_grad(set_to_none=True)
             else:
-                optimizer.step()
-        prefix = "train/" if name == self.task.primary_optimizer else f"train/{name}/"
-        sums[prefix + "grad_norm"] = grad_norm
-        if scheduler is not None:
-            sums[prefix + "lr"] = float(scheduler.get_last_lr()[0])
+                if scheduler is not None:
+                    scheduler.step(self.step, self.epoch)
+                if self.scaler is not None:
+                    self.scaler.step(opt)
+                else:
+                    opt.step()
+            prefix = "train/" if n == self.task.primary_optimizer else f"train/{n}/"
+            sums[prefix + "grad_norm"] = grad_norm
+            if scheduler is not None:
+                sums[prefix + "lr"] = float(scheduler.get_last_lr()[0])
+        self._skipped = self._skipped or skip
         return sums
 
     def _autocast(self) -> contextlib.AbstractContextManager:
