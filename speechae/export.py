@@ -172,6 +172,12 @@ def _export_mode() -> Iterator[None]:
     saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
     for mod, name, value in patches:
         setattr(mod, name, value)
+    # the exporter's passes log every step at INFO (hundreds of lines) and torch.onnx warns
+    # about optional torchvision ops: keep errors only
+    quiet = {name: logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")}
+    levels = {name: lg.level for name, lg in quiet.items()}
+    for lg in quiet.values():
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -179,6 +185,8 @@ def _export_mode() -> Iterator[None]:
     finally:
         for mod, name, value in saved:
             setattr(mod, name, value)
+        for name, lg in quiet.items():
+            lg.setLevel(levels[name])
 
 
 def _dynamic_shapes(part: str) -> dict[str, dict[int, Any]]:

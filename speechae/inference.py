@@ -31,7 +31,6 @@ from torch import Tensor, nn
 log = logging.getLogger("speechae.inference")
 
 SAMPLING_RATE = 16000
-HOP = 160  # samples per feature frame at 16 kHz (10 ms); speechae.audio.HOP
 # Unpadded inputs of <= 16 frames fail in the encoder (a stack at 1/16 of the frame rate would
 # hold one frame); padded frames never change valid outputs, so short inputs are padded to this.
 MIN_FRAMES = 32
@@ -186,7 +185,7 @@ class SpeechAE:
         if not exp_dir.is_dir():
             raise FileNotFoundError(f"{exp_dir}: no such experiment directory")
         dev = resolve_device(device)
-        model, config, info = load_experiment_model(exp_dir, weights=weights)
+        model, _, info = load_experiment_model(exp_dir, weights=weights)
         info["exp_dir"] = str(exp_dir)
         voc, name = resolve_vocoder(vocoder, exp_dir, dev)
         return cls(model, dev, voc, name, info)

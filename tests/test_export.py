@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,4 +144,4 @@ def test_cli_export_torchscript(tmp_path) -> None:
     report = json.loads((tmp_path / "x" / "export.json").read_text())
     assert sorted(report["files"]) == ["decoder.torchscript", "encoder.torchscript"]
     assert max(report["parity_max_abs"].values()) <= TOL and report["weights"].startswith("window")
-    assert Path(tmp_path / "x" / "encoder.pt").is_file()
+    assert (tmp_path / "x" / "encoder.pt").is_file()
