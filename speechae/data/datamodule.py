@@ -18,6 +18,9 @@ key                       shape / type           meaning
 ``tokens``                int64 (B, U)           sentencepiece id + 1 (0 = CTC blank), 0-pad
 ``token_lens``            int64 (B,)
 ``units``                 int64 (B, T)           k-means id per frame, -1 on padding
+``audio``                 float32 (B, S)         16 kHz channel-0 samples, zero-padded; only
+                                                 with ``audio=True`` (waveform decoding)
+``audio_lens``            int64 (B,)             valid samples
 ========================  =====================  ==========================================
 
 A key is present only when the corpus has that information (``phones`` needs phone
@@ -100,8 +103,9 @@ class AEDataset(torch.utils.data.Dataset):
     """Maps a CutSet (one sampler batch) to the batch dict documented in this module."""
 
     def __init__(self, labels: Labels, on_the_fly_feats: bool = False, spec_augment: bool = False,
-                 num_mel_bins: int = 80) -> None:
+                 num_mel_bins: int = 80, audio: bool = False) -> None:
         self.labels = labels
+        self.audio = audio
         self.otf = OnTheFlyFeatures(Fbank(FbankConfig(num_mel_bins=num_mel_bins))) if on_the_fly_feats else None
         self.spec_augment = SpecAugment(time_warp_factor=0, num_frame_masks=2, features_mask_size=15,
                                         num_feature_masks=2, frames_mask_size=30) if spec_augment else None
@@ -116,6 +120,8 @@ class AEDataset(torch.utils.data.Dataset):
         # Lhotse pads log-mel with log(1e-10); the contract is zero padding.
         feats = feats.masked_fill(torch.arange(feats.shape[1])[None, :, None] >= lens[:, None, None], 0.0)
         batch: dict[str, Any] = {"features": feats, "feature_lens": lens, "cut_ids": [c.id for c in cuts]}
+        if self.audio:
+            batch["audio"], batch["audio_lens"] = _collate_audio(cuts)
         if self.spec_augment is not None:
             batch["target_features"] = feats.clone()
             batch["features"] = self.spec_augment(feats)
@@ -155,6 +161,23 @@ class AEDataset(torch.utils.data.Dataset):
             end = int(round((sup.start + item.start + item.duration) / shift))
             frames[max(start, 0): min(max(end, start + 1), num_frames)] = pid
         return frames, seq
+
+
+def _collate_audio(cuts: CutSet, sampling_rate: int = 16000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-0 audio of ``cuts`` at ``sampling_rate`` (resampled when needed), zero-padded."""
+    from speechae.data.features import channel_zero
+
+    waves = []
+    for cut in cuts:
+        c = channel_zero(cut)
+        c = c.resample(sampling_rate) if c.sampling_rate != sampling_rate else c
+        a = np.asarray(c.load_audio(), dtype=np.float32)
+        waves.append(torch.from_numpy(a[0] if a.ndim > 1 else a))
+    lens = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+    out = torch.zeros(len(waves), int(lens.max()) if len(waves) else 0)
+    for i, w in enumerate(waves):
+        out[i, : len(w)] = w
+    return out, lens
 
 
 def load_cuts(path: str | Path) -> CutSet:
@@ -205,10 +228,12 @@ def make_sampler(cuts: CutSet, max_duration: float, shuffle: bool, world_size: i
 
 
 def make_dataloader(cuts: CutSet, labels: Labels, cfg: DataConfig, train: bool, world_size: int = 1,
-                    rank: int = 0) -> DataLoader:
-    """A DataLoader over ``cuts``: the sampler yields CutSets, the dataset turns them into batches."""
+                    rank: int = 0, audio: bool = False) -> DataLoader:
+    """A DataLoader over ``cuts``: the sampler yields CutSets, the dataset turns them into batches
+    (with ``audio``: also the waveforms)."""
     sampler = make_sampler(cuts, cfg.max_duration, shuffle=cfg.shuffle and train, world_size=world_size,
                            rank=rank, num_buckets=cfg.num_buckets, seed=cfg.seed, drop_last=False)
-    dataset = AEDataset(labels, on_the_fly_feats=cfg.on_the_fly_feats, spec_augment=cfg.spec_augment and train)
+    dataset = AEDataset(labels, on_the_fly_feats=cfg.on_the_fly_feats, spec_augment=cfg.spec_augment and train,
+                        audio=audio)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
                       persistent_workers=cfg.num_workers > 0)

@@ -187,10 +187,29 @@ def _write_examples(out_dir: Path, items: Sequence[Item], wavs: dict[str, Sequen
     return written
 
 
-def evaluate_listening(model: torch.nn.Module, cuts: Any, out_dir: str | Path, vocoder_dir: str | Path | None = None,
+def own_waveform_head(exp_dir: str | Path) -> torch.nn.Module | None:
+    """The generator of an end-to-end arm's waveform head (``waveform.enabled``) from the newest
+    checkpoint of ``exp_dir`` (trained weights), or None when the arm decodes log-mel only."""
+    from speechae.models.vocoder import build_vocoder, vocoder_config_from_dict
+    from speechae.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(exp_dir)
+    wave = (state.get("config") or {}).get("waveform") or {}
+    head = (state.get("modules") or {}).get("waveform_head")
+    if not wave.get("enabled") or head is None:
+        return None
+    gen = build_vocoder(vocoder_config_from_dict(wave["vocoder"]))
+    gen.load_state_dict({k[len("generator."):]: v for k, v in head.items() if k.startswith("generator.")})
+    gen.name = f"{exp_dir} (its own waveform head)"
+    return gen.eval()
+
+
+def evaluate_listening(model: torch.nn.Module, cuts: Any, out_dir: str | Path,
+                       vocoder_dir: str | Path | torch.nn.Module | None = None,
                        cfg: ListenConfig = ListenConfig(), cache_dir: str | Path | None = None,
                        device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Resynthesise and judge ``cfg.num_utts`` test utterances of ``cuts`` (see the module doc).
+    """Resynthesise and judge ``cfg.num_utts`` test utterances of ``cuts`` (see the module doc)
+    with the vocoder of the experiment ``vocoder_dir`` (or a vocoder module; None: Griffin-Lim).
 
     Returns ``{"vocoder", "num_utterances", "system", "original", "copy_vocoder",
     "copy_griffin_lim", "examples", "notes"}``; each scored entry maps metric keys
@@ -203,7 +222,11 @@ def evaluate_listening(model: torch.nn.Module, cuts: Any, out_dir: str | Path, v
     if not items:
         return {"notes": ["no test utterance has both a recording and features: no listening evaluation"]}
     vocoder, vocoder_name, vocoder_key = None, "griffin_lim", None
-    if vocoder_dir is not None:
+    if isinstance(vocoder_dir, torch.nn.Module):  # e.g. an end-to-end arm's own waveform head
+        vocoder = vocoder_dir.to(device).eval()
+        vocoder_name = getattr(vocoder_dir, "name", type(vocoder_dir).__name__)
+        vocoder_key = [vocoder_name, _digest({k: float(v.double().sum()) for k, v in vocoder.state_dict().items()})]
+    elif vocoder_dir is not None:
         from speechae.models.vocoder import load_vocoder
 
         vocoder = load_vocoder(vocoder_dir, device=device)

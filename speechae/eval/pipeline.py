@@ -75,9 +75,10 @@ def default_test_cuts(data_cfg: Mapping[str, Any]) -> str:
 
 
 def make_baseline(spec: str, model_config: Mapping[str, Any] | None, seed: int = 0,
-                  device: str | torch.device = "cpu") -> FeatureEncoder | None:
+                  device: str | torch.device = "cpu", task: str = "autoencoder") -> FeatureEncoder | None:
     """A baseline system by name (see the module docstring); None for ``mean_spectrum``.
-    Neural baselines run on ``device``; fbank and MFCC are computed on the CPU."""
+    Neural baselines run on ``device``; fbank and MFCC are computed on the CPU.  ``task``: the
+    experiment's task (``uniwav`` builds its own model class for ``random_init``)."""
     if spec == "fbank":
         return FbankEncoder()
     if spec == "mfcc":
@@ -87,7 +88,10 @@ def make_baseline(spec: str, model_config: Mapping[str, Any] | None, seed: int =
     if spec == "random_init":
         if model_config is None:
             raise ValueError("random_init needs the experiment's model config")
-        from speechae.models import build_model
+        if task == "uniwav":
+            from speechae.models.uniwav import build_uniwav as build_model
+        else:
+            from speechae.models import build_model
 
         torch.manual_seed(seed)
         return ModelEncoder(build_model(dict(model_config)).eval(), name="random_init", device=device)
@@ -366,7 +370,8 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
     with contextlib.chdir(recipe_dir):
         data = load_eval_data(*inputs, cfg)
     dev = resolve_device(device)
-    systems = [make_baseline(b, config.get("model"), cfg.seed, dev) for b in baselines]
+    systems = [make_baseline(b, config.get("model"), cfg.seed, dev, config.get("task", "autoencoder"))
+               for b in baselines]
     system = ModelEncoder(model, name=exp_dir.name, stacks=cfg.stacks, device=dev)
     info = {"experiment": str(exp_dir), **weight_info, **{k: str(v) for k, v in paths.items()}}
     if cache_dir == "default":
@@ -378,10 +383,11 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
                               cfg, info, exp_dir, cache_dir, keys)
     if listen is None:
         return metrics
-    from speechae.eval.listen import ListenConfig, evaluate_listening, listening_report
+    from speechae.eval.listen import ListenConfig, evaluate_listening, listening_report, own_waveform_head
 
     listen_cfg = ListenConfig() if listen == "default" else listen
-    vocoder_dir = resolve_path(vocoder, exp_dir).resolve() if vocoder else None
+    # an end-to-end arm is heard through its own waveform head unless a vocoder is named
+    vocoder_dir = resolve_path(vocoder, exp_dir).resolve() if vocoder else own_waveform_head(exp_dir)
     t0 = time.perf_counter()
     with contextlib.chdir(recipe_dir):
         result = evaluate_listening(model, open_cuts(inputs[1]), out_dir.resolve(), vocoder_dir, listen_cfg,

@@ -18,6 +18,8 @@ from speechae.config import ConfigError, apply_overrides, from_dict, load_yaml, 
 from speechae.data.datamodule import DataConfig
 from speechae.losses import LossConfig
 from speechae.models import ModelConfig
+from speechae.models.discriminators import DiscriminatorConfig
+from speechae.models.vocoder import VocoderConfig
 from speechae.optim import OptimConfig
 
 
@@ -81,6 +83,35 @@ RESUME_SAFE_KEYS = frozenset({
 
 
 @dataclass
+class WaveformConfig:
+    """End-to-end waveform decoding for an autoencoder arm (the ``waveform:`` block), in the
+    manner of EnCodec / DAC: a Vocos-style head turns the decoder's log-mel into audio, trained
+    jointly with the autoencoder (gradients reach the encoder) against MPD + MRD discriminators.
+
+    Per step and utterance a random ``segment_seconds`` window (HiFi-GAN / VITS train their
+    decoders on windows) of the reconstruction is vocoded and compared with the same window of
+    the recording: ``weight * (mel_weight * mel-L1 + stft_weight * MR-STFT [+ adv_weight * GAN +
+    fm_weight * feature matching from adv_start_step])`` is added to the autoencoder's loss;
+    the discriminator has its own update and AdamW, the head its own AdamW (``lr``).  Off by
+    default: on a CPU it multiplies the step time (docs/vocoder.md).
+    """
+
+    enabled: bool = False
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    segment_seconds: float = 1.0
+    weight: float = 0.1
+    mel_weight: float = 45.0
+    stft_weight: float = 2.5
+    adv_weight: float = 1.0
+    fm_weight: float = 2.0
+    gan: Literal["hinge", "lsgan"] = "hinge"
+    adv_start_step: int = 0
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+
+
+@dataclass
 class ExperimentConfig:
     """Everything one autoencoder training run needs; each block is read only by its own
     builder.  ``task`` names the training task (:data:`speechae.train.task.TASKS`); other tasks
@@ -95,6 +126,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    waveform: WaveformConfig = field(default_factory=WaveformConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data (YAML/JSON/``torch.load(weights_only=True)``-safe) form."""

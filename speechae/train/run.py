@@ -222,6 +222,8 @@ def write_experiment_files(cfg: ExperimentConfig, exp_dir: Path, command: Sequen
             old.setdefault("task", "autoencoder")  # configs written before these keys existed
             if old["task"] == "autoencoder":
                 old.setdefault("imports", [])
+                if "waveform" not in old and isinstance(new, dict):
+                    old["waveform"] = new.get("waveform")  # absent = the default: off
         changed = sorted(_diff_keys(old, new))
         risky = [k for k in changed if k not in RESUME_SAFE_KEYS]
         shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in (risky or changed))
