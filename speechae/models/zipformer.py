@@ -150,6 +150,8 @@ def rel_shift(pos_scores: Tensor) -> Tensor:
     *lead, t, n = pos_scores.shape
     if n != 2 * t - 1:
         raise ValueError(f"expected 2T-1 = {2 * t - 1} offsets, got {n}")
+    if t == 1:  # one frame (a short utterance at the deepest stack): the single offset 0
+        return pos_scores
     flat = pos_scores.reshape(*lead, t * n)[..., t - 1: t - 1 + t * (n - 1)]
     return flat.reshape(*lead, t, n - 1)[..., :t]
 

@@ -96,3 +96,11 @@ def test_set_batch_count_drives_schedules(tiny_model) -> None:
     early = float(layer.attention_skip_rate)
     tiny_model.set_batch_count(1e6)
     assert early > 0.0 and float(layer.attention_skip_rate) == 0.0
+
+
+def test_the_shortest_utterances_encode_unpadded(tiny_model) -> None:
+    """Down to 9 frames (90 ms) an unpadded utterance reaches one frame at the deepest stack."""
+    tiny_model.eval()
+    for t in (9, 12, 16, 17, 24):
+        out = tiny_model(torch.randn(1, t, 80), torch.tensor([t]))
+        assert out.recon.shape == (1, t, 80) and torch.isfinite(out.recon).all(), t
