@@ -2,6 +2,7 @@
 
     python bench/bench_step.py --presets tiny M --amp none bf16
     python bench/bench_step.py --presets tiny M --compare-ref HEAD~3     # old vs new, one process
+    python bench/bench_step.py --presets M --transformer                 # + nn.TransformerEncoder row
 
 The step is :meth:`Trainer.train_step` on the tiny recipe's configuration
 (``egs/mini/ae/conf/arms/<arm>.yaml``: reconstruction + masked-unit prediction + the arm's
@@ -26,6 +27,13 @@ separate package (``speechae_ref``) and runs the old and the new step alternatel
 same process on the same batch, so machine noise hits both alike (the only fair A/B on a
 shared machine).  Use ``--threads 1`` on CPU (OpenMP barriers on an oversubscribed machine
 make small ops look far slower than they are).
+
+``--transformer`` adds a row ``transformer``: the same step (worktree code, same config,
+batch, decoder, bottleneck, losses, optimizer) with the Zipformer encoder replaced by
+``bench/bench_encoder.py``'s ``TransformerBaseline`` (Conv2dSubsampling to 50 Hz, learned x2
+downsampling to 25 Hz, pre-norm ``nn.TransformerEncoder``, GELU, ff = 4 x d_model; width
+matched to the Zipformer encoder's parameter count, ``--transformer-layers`` deep) plus a
+linear map to the Zipformer's output width.  It runs interleaved with the other variants.
 
 Findings (issue 12; CPU, 1 thread, 4 x 7.5 s, sigreg arm; old = 7e60317~1, interleaved, on
 a shared 2-core machine, so ratios move by ~0.1 between runs):
@@ -63,7 +71,14 @@ from typing import Any, Callable
 
 import torch
 import torch._dynamo
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+from bench_encoder import matched_transformer  # bench/ is sys.path[0] when run as a script
+from speechae.models.scaling import ceil_div
+from speechae.models.zipformer import Downsample, EncoderOutput
+from speechae.optim import build_optimizer
+from speechae.train import checkpoint as ck
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "egs" / "mini" / "ae" / "conf" / "arms"
@@ -110,6 +125,46 @@ def build_trainer(pkg: str, conf: Path, preset: str, arm: str, amp: str, device:
                                                                 f"train.device={device.type}", *extra])
     tmp = tempfile.mkdtemp(prefix="speechae_bench_step_")
     return trainer.Trainer(cfg, tmp, distributed.DistEnv(device=device))
+
+
+class TransformerEncoderAdapter(nn.Module):
+    """``bench_encoder.TransformerBaseline`` behind the Zipformer encoder's interface:
+    features (B, T, F), lengths -> ``EncoderOutput`` (x: (B, ceil(T/ratio), output_dim)).
+
+    The baseline runs at 25 Hz; a linear map gives the Zipformer's output width and, for a
+    model below 25 Hz (``frame_ratio`` 8), a further learned downsampling its frame rate.
+    """
+
+    def __init__(self, zipformer: nn.Module, num_layers: int) -> None:
+        super().__init__()
+        self.frame_ratio, self.output_dim = zipformer.frame_ratio, zipformer.output_dim
+        self.base = matched_transformer(sum(p.numel() for p in zipformer.parameters()), num_layers)
+        self.d_model = self.base.encoder.layers[0].linear1.in_features
+        self.proj = nn.Linear(self.d_model, self.output_dim)
+        self.down = Downsample(self.frame_ratio // 4) if self.frame_ratio > 4 else None
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor, return_stacks: bool = False) -> Any:
+        """features: (B, T, F), lengths: (B,) -> EncoderOutput (no per-stack states)."""
+        x = self.proj(self.base(features, lengths))
+        lens = ceil_div(lengths, 4)
+        if self.down is not None:
+            x, lens = self.down(x, lens)
+        return EncoderOutput(x, lens, None)
+
+
+def use_transformer_encoder(trainer: Any, num_layers: int) -> int:
+    """Replace the (worktree) trainer's Zipformer encoder by a :class:`TransformerEncoderAdapter`
+    of about its parameter count and rebuild what holds the old parameters (the autoencoder
+    task's optimizer + scheduler, the averaged model).  Returns the Transformer's width."""
+    task = trainer.task
+    enc = TransformerEncoderAdapter(task.model.encoder, num_layers).to(trainer.device)
+    task.model.encoder = enc
+    params = list(task.model.named_parameters()) + [(f"composer.{n}", p) for n, p in
+                                                    task.composer.named_parameters()]
+    task.optimizers["model"], task.schedulers["model"] = build_optimizer(params, trainer.cfg.optim)
+    if trainer.model_avg is not None:
+        trainer.model_avg = ck.init_average(task.model)
+    return enc.d_model
 
 
 def _sync(device: torch.device) -> None:
@@ -159,8 +214,10 @@ class StepParts:
         self.tr.optimizer.step()
 
     def forward_loss(self) -> torch.Tensor:
+        # the model + loss module: on the Trainer before the generic task loop, on its task after
+        wrapped = getattr(self.tr, "wrapped", None) or self.tr.task.wrapped
         with self.tr._autocast():
-            loss, _ = self.tr.wrapped(self.batch, self.tr.step)
+            loss, _ = wrapped(self.batch, self.tr.step)
         return loss
 
 
@@ -266,6 +323,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also run the step with train.compile=true, interleaved; reports compile time, "
                          "graphs and graph breaks")
+    ap.add_argument("--transformer", action="store_true",
+                    help="also run the step with the encoder replaced by nn.TransformerEncoder of about "
+                         "equal parameters (bench_encoder.TransformerBaseline), interleaved")
+    ap.add_argument("--transformer-layers", type=int, default=None,
+                    help="depth of that Transformer (default 12; tiny 4, as bench_encoder.py)")
     ap.add_argument("--no-flops", action="store_true")
     ap.add_argument("--json", action="store_true", help="append results to bench/results/step.jsonl")
     args = ap.parse_args()
@@ -276,6 +338,8 @@ def main() -> None:
         pkgs = {"ref": (*load_reference(args.compare_ref), ()), "new": ("speechae", CONF, ())}
     if args.compile:
         pkgs["compiled"] = ("speechae", CONF, ("train.compile=true",))
+    if args.transformer:
+        pkgs["transformer"] = ("speechae", CONF, ())
     batch = make_batch(args.utts, args.utt_seconds, num_units=50)
     audio = float(batch["feature_lens"].sum()) / 100.0
     rows = []
@@ -283,8 +347,16 @@ def main() -> None:
         for amp in args.amp:
             torch._dynamo.reset()
             torch._dynamo.utils.counters.clear()
-            variants = {k: StepParts(build_trainer(pkg, conf, preset, args.arm, amp, device, extra), batch)
+            trainers = {k: build_trainer(pkg, conf, preset, args.arm, amp, device, extra)
                         for k, (pkg, conf, extra) in pkgs.items()}
+            info: dict[str, dict[str, Any]] = {k: {} for k in trainers}
+            if "transformer" in trainers:
+                layers = args.transformer_layers or (4 if preset == "tiny" else 12)
+                width = use_transformer_encoder(trainers["transformer"], layers)
+                info["transformer"] = {"encoder": f"nn.TransformerEncoder {layers} x {width}"}
+            for key, tr in trainers.items():
+                info[key]["encoder_params_M"] = round(sum(p.numel() for p in tr.model.encoder.parameters()) / 1e6, 2)
+            variants = {k: StepParts(tr, batch) for k, tr in trainers.items()}
             compile_stats = compile_first_step(variants["compiled"]) if "compiled" in variants else {}
             mm_dtype = torch.bfloat16 if amp == "bf16" else torch.float16 if amp == "fp16" else torch.float32
             med, peak = measure(variants, args.rounds, device,
@@ -301,6 +373,7 @@ def main() -> None:
                 row = {"variant": key, "rev": args.compare_ref if key == "ref" else "worktree",
                        "preset": preset, "amp": amp, "device": str(device), "threads": torch.get_num_threads(),
                        "params_M": round(sum(p.numel() for p in parts.tr.module.parameters()) / 1e6, 2),
+                       **info[key],
                        "batch_audio_s": round(audio, 1), "audio_s_per_s": round(audio / m["step"], 2),
                        **{f"{k}_ms": round(v * 1000, 1) for k, v in m.items()},
                        "memory_mib": round(mem, 1), **(compile_stats if key == "compiled" else {})}
@@ -315,6 +388,10 @@ def main() -> None:
                       f"step x{med['ref']['step'] / med['new']['step']:.2f}, "
                       + ", ".join(f"{k} x{med['ref'][k] / max(med['new'][k], 1e-9):.2f}"
                                   for k in ("encoder", "decoder", "optimizer")), flush=True)
+            if "transformer" in med:
+                print(f"  zipformer/transformer preset={preset} amp={amp}: "
+                      f"step x{med['transformer']['step'] / med['new']['step']:.2f}, "
+                      f"encoder x{med['transformer']['encoder'] / med['new']['encoder']:.2f}", flush=True)
     if args.json:
         out = REPO / "bench" / "results" / "step.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
