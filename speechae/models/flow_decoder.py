@@ -158,9 +158,11 @@ class FlowDecoder(nn.Module):
         self.blocks = nn.ModuleList(FlowBlock(dim, ff_dim, kernel_size, dim) for _ in range(num_blocks))
         self.out_norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, num_mel_bins)
-        self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("stat_sum", torch.zeros(num_mel_bins, dtype=torch.float64))
-        self.register_buffer("stat_sumsq", torch.zeros(num_mel_bins, dtype=torch.float64))
+        # float32, not float64: the trainer's running average copies weights with .double(), which
+        # would alias (and then overwrite) float64 buffers of the live model
+        self.register_buffer("stat_count", torch.zeros(()))
+        self.register_buffer("stat_sum", torch.zeros(num_mel_bins))
+        self.register_buffer("stat_sumsq", torch.zeros(num_mel_bins))
 
     # ---------------------------------------------------------------- normalisation
 
@@ -168,9 +170,9 @@ class FlowDecoder(nn.Module):
         n = self.stat_count
         if float(n) < 2:
             return torch.zeros_like(self.stat_sum), torch.ones_like(self.stat_sum)
-        mean = self.stat_sum / n
-        var = (self.stat_sumsq / n - mean**2).clamp_min(1e-4)
-        return mean, var.sqrt()
+        mean = self.stat_sum.double() / n.double()
+        var = (self.stat_sumsq.double() / n.double() - mean**2).clamp_min(1e-4)
+        return mean.float(), var.sqrt().float()
 
     @torch.no_grad()
     def _accumulate(self, mel: Tensor, valid: Tensor) -> None:
@@ -178,8 +180,8 @@ class FlowDecoder(nn.Module):
             return
         x = mel[valid].double()
         self.stat_count += x.shape[0]
-        self.stat_sum += x.sum(0)
-        self.stat_sumsq += (x**2).sum(0)
+        self.stat_sum.add_(x.sum(0).float())
+        self.stat_sumsq.add_((x**2).sum(0).float())
 
     def normalise(self, mel: Tensor) -> Tensor:
         """Standardised mel (per-bin statistics of the first training frames)."""

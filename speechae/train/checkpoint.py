@@ -428,7 +428,12 @@ def load_model_from_checkpoint(path: str | Path, averaged: bool = True,
     ckpt = load_checkpoint(path, map_location=map_location)
     config = ckpt["config"]
     import_extensions(config.get("imports"))
-    model = build_model(config["model"])
+    if config.get("task") == "uniwav":  # its own model class, with the SpeechAE evaluation interface
+        from speechae.models.uniwav import build_uniwav
+
+        model = build_uniwav(config["model"])
+    else:
+        model = build_model(config["model"])
     weights = ckpt.get("model_avg") if averaged and ckpt.get("model_avg") is not None else ckpt["model"]
     model.load_state_dict(cast_like(weights, model.state_dict()))
     model.set_batch_count(float(ckpt.get("step", 0)))

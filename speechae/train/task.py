@@ -36,7 +36,8 @@ from speechae.registry import Registry
 Batch = Mapping[str, Any]
 LossFn = Callable[[Batch], "tuple[torch.Tensor, Mapping[str, Any]]"]
 
-TASKS: Registry[type["Task"]] = Registry("task", builtins=("speechae.train.ae_task", "speechae.train.vocoder_task"))
+TASKS: Registry[type["Task"]] = Registry("task", builtins=("speechae.train.ae_task", "speechae.train.vocoder_task",
+                                                            "speechae.train.uniwav_task"))
 
 
 class Updater(Protocol):
