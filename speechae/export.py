@@ -53,8 +53,8 @@ OPSET = 18
 # branch is the one recorded); parity is checked on other lengths and batch sizes.
 TRACE_LENGTHS = (203, 101)
 PARITY_LENGTHS = ((157,), (400, 333, 61))
-# Shortest input the encoder graph accepts (see speechae.inference.MIN_FRAMES: unpadded
-# inputs of <= 16 frames fail in eager mode too); shorter inputs must be padded.
+# Shortest input the exported encoder graph accepts (it is exported for T >= 17); shorter
+# inputs must be padded (speechae.inference.MIN_FRAMES does).
 MIN_ENCODER_FRAMES = 17
 
 

@@ -31,8 +31,9 @@ from torch import Tensor, nn
 log = logging.getLogger("speechae.inference")
 
 SAMPLING_RATE = 16000
-# Unpadded inputs of <= 16 frames fail in the encoder (a stack at 1/16 of the frame rate would
-# hold one frame); padded frames never change valid outputs, so short inputs are padded to this.
+# Short inputs are padded to this many frames (with their true length: padded frames never
+# change valid outputs), which keeps the exported encoder's minimum (MIN_ENCODER_FRAMES) and
+# the eager path on the same shapes.
 MIN_FRAMES = 32
 AUDIO_SUFFIXES = (".wav", ".flac")
 
