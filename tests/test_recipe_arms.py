@@ -14,6 +14,7 @@ from speechae.train.config import load_experiment_config
 EGS = Path(__file__).resolve().parents[1] / "egs"
 RECIPES = sorted(p.parent.parent.parent.name for p in EGS.glob("*/ae/conf/train_base.yaml"))
 ARMS = ("none", "kl", "sigreg")
+BASELINE_ARMS = ("uniwav",)  # the system to beat (issue 14): its own task, the same data and schedule
 # what an arm may change: the bottleneck kind, the regularizer and its own weight
 ALLOWED = {"model.bottleneck.kind", "losses.regularizer", "losses.weights.kl", "losses.weights.sigreg"}
 
@@ -39,7 +40,18 @@ def test_the_recipes_are_found() -> None:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_offers_the_same_arms(recipe: str) -> None:
     arms = sorted(p.stem for p in (EGS / recipe / "ae" / "conf" / "arms").glob("*.yaml"))
-    assert arms == sorted(ARMS)
+    assert arms == sorted(ARMS + BASELINE_ARMS)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_baseline_arm_trains_on_the_same_data_and_schedule(recipe: str) -> None:
+    """uniwav.yaml copies optim/data/train from train_base.yaml (it cannot inherit its
+    autoencoder blocks): the copies must not drift."""
+    ref, uni = _arm(recipe, "sigreg"), _arm(recipe, "uniwav")
+    for block in ("optim.", "data.", "train."):
+        keys = {k for k in set(ref) | set(uni) if k.startswith(block)}
+        assert keys and {k for k in keys if ref.get(k) != uni.get(k)} == set(), (recipe, block)
+    assert uni["task"] == "uniwav" and uni["model.preset"] == ref["model.preset"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
