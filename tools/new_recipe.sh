@@ -42,17 +42,19 @@ if [ -e "$dest" ] && [ "$force" != true ]; then
   echo "$0: $dest exists (use --force to overwrite its run.sh/conf/local/README.md)" >&2; exit 2
 fi
 mkdir -p "$dest/conf/arms" "$dest/local"
-cp "$src/conf/arms/"*.yaml "$dest/conf/arms/"
+cp "$src/conf/arms/"{none,kl,sigreg}.yaml "$dest/conf/arms/"
 cp "$src/conf/vocoder.yaml" "$dest/conf/vocoder.yaml"  # stage 5 (its data paths come from the stage)
 
 if [ -n "$from" ]; then
   cp "$src/conf/train_base.yaml" "$dest/conf/train_base.yaml"
-  sed -i "s/\b${from}_cuts_/${name}_cuts_/g" "$dest/conf/train_base.yaml"
+  # the uniwav baseline arm carries copies of train_base's optim/data/train blocks: same corpus sizing
+  [ -f "$src/conf/arms/uniwav.yaml" ] && cp "$src/conf/arms/uniwav.yaml" "$dest/conf/arms/"
+  sed -i "s/\b${from}_cuts_/${name}_cuts_/g" "$dest/conf/train_base.yaml" "$dest/conf/arms/"*.yaml
   echo "conf/: egs/$from/ae's training configs (train_base.yaml sized for that corpus: check max_duration,"
-  echo "       num_buckets and max_steps against yours)"
+  echo "       num_buckets and max_steps against yours; arms/uniwav.yaml repeats them)"
 else
   cat > "$dest/conf/train_base.yaml" <<EOF
-# $name, stages 4-5: everything the arms share (arms/{none,kl,sigreg}.yaml inherit this file
+# $name, stages 4-6: everything the arms share (arms/{none,kl,sigreg}.yaml inherit this file
 # and set only their regularizer).  Written by tools/new_recipe.sh for a small corpus (minutes
 # to a few hours of speech, one GPU or a CPU): short batches, few buckets, SpecAugment on (the
 # reconstruction target stays the clean features), a short schedule.  run.sh adds

@@ -141,9 +141,13 @@ def make_vocoder_dataloader(cuts: CutSet, cfg: VocoderDataConfig, train: bool, w
                             rank: int = 0) -> DataLoader:
     """Training (random crops of ``segment_seconds``, shuffled) or dev (crops of
     ``valid_segment_seconds``, fixed order) batches over ``cuts``."""
+    import itertools
+
     seconds = cfg.segment_seconds if train else cfg.valid_segment_seconds
+    # full batches only in training, unless the split cannot fill one batch per rank (a small corpus)
+    enough = sum(1 for _ in itertools.islice(iter(cuts), cfg.batch_size * world_size)) >= cfg.batch_size * world_size
     sampler = make_vocoder_sampler(cuts, cfg.batch_size, shuffle=cfg.shuffle and train, seed=cfg.seed,
-                                   world_size=world_size, rank=rank, drop_last=train)
+                                   world_size=world_size, rank=rank, drop_last=train and enough)
     dataset = VocoderCropDataset(segment_samples(seconds, cfg.sampling_rate), seed=cfg.seed,
                                  sampling_rate=cfg.sampling_rate, num_mel_bins=cfg.num_mel_bins)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=cfg.num_workers,

@@ -103,6 +103,8 @@ HEADLINE: list[Metric] = [
     Metric("peak MB", ("resources.training.peak_memory_mb",)),
 ]
 METRICS = {m.label: m for m in HEADLINE}
+LISTENING_REFERENCES = {"original": "original audio", "copy_vocoder": "vocoder copy-synthesis",
+                        "copy_griffin_lim": "Griffin-Lim copy-synthesis"}
 ARROW = {"lower": "↓", "higher": "↑", "zero": "→ 0", None: "info"}
 RECON = "mel-LSD dB"
 DISCRIMINATION = ("phone PER %", "ABX within %")
@@ -288,6 +290,13 @@ def load_run(exp_dir: str | Path) -> Run:
             vals = {m.label: v for m in HEADLINE if (v := metric_value(section, m)) is not None}
             if vals:
                 baselines[str(name)] = vals
+    listening = metrics.get("listening") or {}
+    for key, name in LISTENING_REFERENCES.items():  # the references of the waveform evaluation
+        if isinstance(listening.get(key), Mapping):
+            section = {"listening": {"system": listening[key]}}
+            vals = {m.label: v for m in HEADLINE if (v := metric_value(section, m)) is not None}
+            if vals:
+                baselines[name] = vals
     return Run(exp_dir.name, exp_dir, config, values, chance, baselines)
 
 

@@ -271,28 +271,42 @@ def evaluate_listening(model: torch.nn.Module, cuts: Any, out_dir: str | Path,
 
 ROWS = (("system", "this system (reconstruction -> vocoder)"), ("copy_vocoder", "vocoder on the true log-mel"),
         ("copy_griffin_lim", "Griffin-Lim on the true log-mel"), ("original", "original audio"))
-COLUMNS = (("waveform.stoi", "STOI ↑"), ("waveform.pesq_wb", "PESQ-WB ↑"), ("waveform.mrstft_logmag", "MR-STFT log-mag ↓"),
-           ("judges.speaker_sim", "speaker sim ↑"), ("judges.asr_wer", "ASR WER ↓"), ("judges.dnsmos_sig", "DNSMOS SIG ↑"),
-           ("judges.dnsmos_bak", "DNSMOS BAK ↑"), ("judges.dnsmos_ovrl", "DNSMOS OVRL ↑"))
+# against the original (not defined for the original itself)
+PAIRED = (("waveform.stoi", "STOI ↑"), ("waveform.pesq_wb", "PESQ-WB ↑"), ("waveform.mrstft_logmag", "MR-STFT log-mag ↓"),
+          ("judges.speaker_sim", "speaker sim ↑"))
+# one signal at a time (also the original)
+SINGLE = (("judges.asr_wer", "ASR WER ↓"), ("judges.dnsmos_sig", "DNSMOS SIG ↑"), ("judges.dnsmos_bak", "DNSMOS BAK ↑"),
+          ("judges.dnsmos_ovrl", "DNSMOS OVRL ↑"))
+
+
+def _value(row: Any, key: str) -> float | None:
+    v = row.get(key) if isinstance(row, dict) else None
+    return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
+
+
+def _table(result: dict[str, Any], columns: Sequence[tuple[str, str]], rows: Sequence[tuple[str, str]]) -> list[str]:
+    rows = [(k, label) for k, label in rows if isinstance(result.get(k), dict)]
+    columns = [(k, c) for k, c in columns if any(_value(result[r], k) is not None for r, _ in rows)]
+    if not rows or not columns:
+        return []
+    out = ["| signal | " + " | ".join(c for _, c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r, label in rows:
+        cells = [f"{v:.3f}" if (v := _value(result[r], k)) is not None else "not scored" for k, _ in columns]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def listening_report(result: dict[str, Any]) -> str:
-    """The markdown section of the report: one row per scored signal."""
+    """The markdown section of the report: signals compared with the original, then the
+    single-signal judges of every signal including the original."""
     lines = ["", "## Listening (waveforms)", "",
              f"{result.get('num_utterances', 0)} test utterances, vocoder: `{result.get('vocoder')}`; "
-             "SI-SDR is in metrics.json but not shown (a vocoder does not keep the phase).", "",
-             "| signal | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for key, label in ROWS:
-        row = result.get(key)
-        if not isinstance(row, dict):
-            continue
-        cells = []
-        for k, _ in COLUMNS:
-            v = row.get(k)
-            cells.append("-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+             "SI-SDR is in metrics.json but not shown (a vocoder does not keep the phase); ASR WER is "
+             "pocketsphinx's corpus WER on the English utterances.", ""]
+    lines += _table(result, PAIRED, ROWS[:3])
+    lines += _table(result, SINGLE, ROWS)
     for note in result.get("notes", []):
-        lines.append(f"\n- {note}")
+        lines.append(f"- {note}")
     if result.get("examples"):
         lines.append("\nExamples: " + ", ".join(f"[{n}](examples/{n})" for n in result["examples"]))
     return "\n".join(lines) + "\n"

@@ -351,7 +351,8 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
     ``listen`` (a :class:`speechae.eval.listen.ListenConfig`; ``"default"``: its defaults;
     None: skipped) adds the waveform evaluation of :mod:`speechae.eval.listen` with the vocoder
     of the experiment directory ``vocoder`` (Griffin-Lim when None): ``metrics["listening"]``,
-    a report section, example wavs, and the original audio and copy-synthesis as baseline rows."""
+    a report section and example wavs (the original audio and the copy-syntheses are its
+    reference rows: :func:`speechae.eval.compare.load_run` shows them as baselines)."""
     exp_dir = Path(exp_dir)
     model, config, weight_info = load_experiment_model(exp_dir, weights)
     data_cfg = config.get("data", {})
@@ -393,12 +394,7 @@ def evaluate_experiment(exp_dir: str | Path, test_cuts: str | Path | None = None
         result = evaluate_listening(model, open_cuts(inputs[1]), out_dir.resolve(), vocoder_dir, listen_cfg,
                                     Path(cache_dir).resolve() if cache_dir else None, dev)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    metrics["listening"] = result
-    labels = {"original": "original audio", "copy_vocoder": "vocoder copy-synthesis",
-              "copy_griffin_lim": "Griffin-Lim copy-synthesis"}
-    for key, label in labels.items():
-        if isinstance(result.get(key), dict):
-            metrics["baselines"][label] = {"listening": {"system": result[key]}}
+    metrics["listening"] = result  # its reference rows are read by speechae compare as baselines
     metrics["eval_seconds"] = round(metrics["eval_seconds"] + result["seconds"], 1)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, ensure_ascii=False, default=float), encoding="utf-8")

@@ -341,3 +341,13 @@ def test_frozen_discriminator_gets_no_gradient_but_passes_one() -> None:
         sum(lg.mean() for lg in disc(wav)[0]).backward()
     assert all(p.grad is None and p.requires_grad for p in disc.parameters())
     assert wav.grad is not None and wav.grad.abs().sum() > 0
+
+
+def test_a_split_smaller_than_one_batch_still_trains(cuts_dir) -> None:  # noqa: ANN001
+    """Training drops incomplete batches, except when the split cannot fill a single one (a
+    small corpus with the 16-cut batches of the full-size recipes yielded no batch at all)."""
+    cuts, _ = cuts_dir
+    big = make_vocoder_dataloader(cuts, VocoderDataConfig(segment_seconds=0.5, batch_size=16), train=True)
+    assert [len(b["audio"]) for b in big] == [4]
+    full = make_vocoder_dataloader(cuts, VocoderDataConfig(segment_seconds=0.5, batch_size=3), train=True)
+    assert [len(b["audio"]) for b in full] == [3]  # the incomplete last batch is dropped
