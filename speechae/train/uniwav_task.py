@@ -191,7 +191,8 @@ class UniWavTask(Task):
             raise ConfigError("uniwav inputs:\n  " + "\n  ".join(problems))
 
     @classmethod
-    def build_dataloaders(cls, cfg: UniWavExperimentConfig, world_size: int, rank: int) -> tuple[Any, Any]:  # noqa: D102
+    def build_dataloaders(cls, cfg: UniWavExperimentConfig, world_size: int, rank: int) -> tuple[Any, Any]:
+        """The autoencoder's batches (features, lengths, labels); no unit targets are read."""
         labels = Labels(cfg.data.lang_dir)
         train_cuts = subset_fraction(load_cuts(cfg.data.train_cuts), cfg.data.train_fraction, cfg.data.seed)
         train_dl = make_dataloader(train_cuts, labels, cfg.data, train=True, world_size=world_size, rank=rank)
