@@ -352,7 +352,9 @@ def update_average(avg: Mapping[str, torch.Tensor], model: nn.Module, step: int,
 
 def init_average(model: nn.Module) -> dict[str, torch.Tensor]:
     """A float64 copy of the model's state dict on CPU (keeps long averages exact enough)."""
-    return {k: (v.detach().double() if v.is_floating_point() else v.detach().clone()).cpu()
+    # copy=True: .double() of a float64 tensor is the tensor itself, and the average would then
+    # alias (and be overwritten by) the live parameter
+    return {k: (v.detach().to("cpu", torch.float64, copy=True) if v.is_floating_point() else v.detach().clone().cpu())
             for k, v in model.state_dict().items()}
 
 

@@ -63,6 +63,18 @@ def test_running_average_is_the_mean_of_snapshots() -> None:
         torch.testing.assert_close(avg[k].float(), mean[k], atol=1e-6, rtol=0)
 
 
+def test_running_average_of_float64_weights_is_a_copy() -> None:
+    """init_average must copy float64 tensors too (.double() would return the live tensor, and
+    update_average would then overwrite the weights with the average)."""
+    model = nn.Linear(2, 2).double()
+    avg = ck.init_average(model)
+    assert all(avg[k].data_ptr() != v.data_ptr() for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ck.update_average(avg, model, step=2, period=1)
+    assert model.weight.eq(3.0).all() and not avg["weight"].eq(3.0).all()
+
+
 def test_average_checkpoints_plain_and_from_running_averages(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(SMALL_MODEL)
