@@ -48,6 +48,12 @@ a shared 2-core machine, so ratios move by ~0.1 between runs):
   836 ms (41 -> 14 GFLOP forward: 4 x 256 layers at 25 Hz instead of 6 x 384), optimizer
   447 -> 296 ms (bandwidth-bound: fewer passes), saved memory 1645 -> 1263 MiB.  The step is
   matmul-bound (mm/addmm ~55 % of the time).
+* Rerun with ``--transformer`` (5 rounds, load average 3-5; table in docs/performance.md):
+  M 3.49 -> 4.88 audio-s/s (x1.40; encoder x0.97, decoder x2.21, optimizer x1.73), saved
+  memory 1646 -> 1265 MiB; the Transformer row (12 x 672, 67.2 M encoder params vs 63.9 M)
+  3.55 audio-s/s, 1368 MiB, 13.8 GFLOP/audio-s vs 7.4: the Zipformer step is x1.37 faster and
+  its encoder x1.52.  tiny 29.9 -> 40.4 (x1.35); Transformer 4 x 160: 36.1 (step x1.12,
+  encoder x1.03: the shared front-end dominates at these widths).
 * Tried and dropped: time-shared dropout (reference behaviour; cost 3-5 % dev recon on the
   tiny recipe); a shifted multiply-add depthwise conv (faster alone, slower inside the conv
   module than oneDNN on the (B, C, T) view); im2col + matmul for the dense front-end convs
@@ -328,6 +334,9 @@ def main() -> None:
                          "equal parameters (bench_encoder.TransformerBaseline), interleaved")
     ap.add_argument("--transformer-layers", type=int, default=None,
                     help="depth of that Transformer (default 12; tiny 4, as bench_encoder.py)")
+    ap.add_argument("--bf16-row", action="store_true",
+                    help="also run the worktree step with train.amp=bf16, interleaved with the others "
+                         "(the fair fp32-vs-bf16 ratio on a shared machine; no FLOP row)")
     ap.add_argument("--no-flops", action="store_true")
     ap.add_argument("--json", action="store_true", help="append results to bench/results/step.jsonl")
     args = ap.parse_args()
@@ -340,6 +349,8 @@ def main() -> None:
         pkgs["compiled"] = ("speechae", CONF, ("train.compile=true",))
     if args.transformer:
         pkgs["transformer"] = ("speechae", CONF, ())
+    if args.bf16_row:
+        pkgs["bf16"] = ("speechae", CONF, ("train.amp=bf16",))
     batch = make_batch(args.utts, args.utt_seconds, num_units=50)
     audio = float(batch["feature_lens"].sum()) / 100.0
     rows = []
@@ -371,13 +382,14 @@ def main() -> None:
                     parts.tr.optimizer.zero_grad(set_to_none=True)
                 m = med[key]
                 row = {"variant": key, "rev": args.compare_ref if key == "ref" else "worktree",
-                       "preset": preset, "amp": amp, "device": str(device), "threads": torch.get_num_threads(),
+                       "preset": preset, "amp": "bf16" if key == "bf16" else amp, "device": str(device), "threads": torch.get_num_threads(),
                        "params_M": round(sum(p.numel() for p in parts.tr.module.parameters()) / 1e6, 2),
                        **info[key],
                        "batch_audio_s": round(audio, 1), "audio_s_per_s": round(audio / m["step"], 2),
                        **{f"{k}_ms": round(v * 1000, 1) for k, v in m.items()},
                        "memory_mib": round(mem, 1), **(compile_stats if key == "compiled" else {})}
-                if not args.no_flops and key != "compiled":  # FlopCounterMode does not see into compiled code
+                # FlopCounterMode does not see into compiled code; the bf16 row has another roofline
+                if not args.no_flops and key not in ("compiled", "bf16"):
                     flops = step_flops(parts)
                     row["gflop_per_audio_s"] = round(flops / audio / 1e9, 3)
                     row["roofline_share"] = round(flops / m["step"] / peak, 3)
