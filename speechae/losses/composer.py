@@ -20,7 +20,10 @@ training step (``speechae.train.ae_task.forward_losses``) is::
    is one view, possibly masked (then the reconstruction target is the unmasked input,
    i.e. inpainting, as in masked-autoencoder training).  The reconstruction target is always
    the clean features: ``batch["target_features"]`` when the data pipeline augmented the
-   input (SpecAugment), else ``batch["features"]``.  With the Prism split the semantic
+   input (SpecAugment), else ``batch["features"]``.  With a generative decoder
+   (``model.decoder.kind: flow``) the model is given that target and ``loss/recon`` is the
+   decoder's own (flow-matching) loss; at validation the sampled log-mel's L1 is logged as
+   ``recon/sampled_l1``.  With the Prism split the semantic
    heads see the low-band (DCT) view of z, both for inputs and latent-prediction targets.
 
 A term with weight 0 at this step is computed under ``torch.no_grad`` and only logged.  Every
@@ -186,7 +189,13 @@ class LossComposer(nn.Module):
         # view and ``target_features`` the unaugmented one (docs/CONTRACTS.md).
         target = batch.get("target_features")
         target = feats if target is None else target.to(feats.device)
-        apply("recon", lambda: self.recon(clean.recon, target, lens))
+        if getattr(out, "decoder_loss", None) is not None:  # a generative decoder: its own objective
+            apply("recon", lambda: (out.decoder_loss, {}))
+            if not self.training:  # validation: the sampled log-mel is scored too
+                valid = lengths_to_mask(lens, target.shape[1])
+                metrics["recon/sampled_l1"] = (clean.recon - target).abs()[valid].mean()
+        else:
+            apply("recon", lambda: self.recon(clean.recon, target, lens))
         self._apply_regularizers(apply, clean, step, metrics)
         self._apply_semantic(apply, w, batch, out, masked, clean, input_mask, double)
 

@@ -33,6 +33,8 @@ class AEOutput:
     encoder_out: Tensor
     frame_ratio: int
     metrics: dict[str, float] = field(default_factory=dict)
+    # a generative decoder's training loss (flow matching) on the rows given as ``target``
+    decoder_loss: Tensor | None = None
 
 
 @dataclass
@@ -109,16 +111,30 @@ class SpeechAE(nn.Module):
         enc = self.encoder(features, feature_lens, return_stacks=return_stacks)
         return enc, self.bottleneck(enc.x, enc.lengths)
 
-    def forward(self, features: Tensor, feature_lens: Tensor,
-                input_mask: Tensor | None = None) -> AEOutput:
-        """features: (B, T, F) log-mel, feature_lens: (B,), input_mask: bool (B, T) or None."""
+    def forward(self, features: Tensor, feature_lens: Tensor, input_mask: Tensor | None = None,
+                target: Tensor | None = None, target_rows: slice | None = None) -> AEOutput:
+        """features: (B, T, F) log-mel, feature_lens: (B,), input_mask: bool (B, T) or None.
+
+        A generative decoder (``decoder.generative``, e.g. ``flow``) is trained from ``target``
+        (the clean log-mel of the rows ``target_rows``, default all) into
+        ``AEOutput.decoder_loss``; in training mode it does not sample (``recon`` is zeros),
+        in eval mode ``recon`` is a sample."""
         enc, bn = self._encode(features, feature_lens, input_mask, False)
         bn: BottleneckOutput
         dec_in = bn.decoder_input if bn.decoder_input is not None else bn.z
-        recon = self.decoder(dec_in, bn.lengths, feature_lens, features.shape[1])
+        decoder_loss, metrics = None, dict(bn.metrics)
+        if getattr(self.decoder, "generative", False):
+            if target is not None:
+                rows = target_rows if target_rows is not None else slice(None)
+                decoder_loss, extra = self.decoder.loss(target, feature_lens[rows], dec_in[rows])
+                metrics.update({k: float(v) for k, v in extra.items()})
+            recon = (features.new_zeros(features.shape) if self.training
+                     else self.decoder(dec_in, bn.lengths, feature_lens, features.shape[1]))
+        else:
+            recon = self.decoder(dec_in, bn.lengths, feature_lens, features.shape[1])
         return AEOutput(recon=recon, lengths=feature_lens, z=bn.z, z_mean=bn.mean,
                         z_logvar=bn.logvar, z_lengths=bn.lengths, encoder_out=enc.x,
-                        frame_ratio=self.frame_ratio, metrics=dict(bn.metrics))
+                        frame_ratio=self.frame_ratio, metrics=metrics, decoder_loss=decoder_loss)
 
     @torch.no_grad()
     def encode(self, features: Tensor, feature_lens: Tensor,

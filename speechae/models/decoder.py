@@ -115,8 +115,10 @@ class DecoderEntry:
     options: Optional[type] = None
 
 
-DECODERS: Registry[DecoderEntry] = Registry("decoder")
-"""Decoder kinds (``model.decoder.kind``)."""
+DECODERS: Registry[DecoderEntry] = Registry("decoder", builtins=("speechae.models.decoder",
+                                                                  "speechae.models.flow_decoder"))
+"""Decoder kinds (``model.decoder.kind``): ``zipformer`` (here) and ``flow`` (a conditional
+flow-matching decoder, :mod:`speechae.models.flow_decoder`)."""
 
 
 def register_decoder(name: str, options: Optional[type] = None) -> Callable[[Callable[..., nn.Module]],

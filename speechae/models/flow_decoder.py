@@ -30,7 +30,9 @@ statistics accumulated over the first ``norm_frames`` valid training frames and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
@@ -141,6 +143,8 @@ class FlowDecoder(nn.Module):
         norm_frames: valid frames whose statistics standardise the mel (then frozen).
         sample_seed: seed of the sampling noise when no generator is given (repeatable eval).
     """
+
+    generative = True  # SpeechAE trains it with :meth:`loss` and decodes by sampling
 
     def __init__(self, cond_dim: int, frame_ratio: int, num_mel_bins: int = 80, dim: int = 128,
                  num_blocks: int = 4, ff_dim: int = 256, kernel_size: int = 7, time_dim: int = 64,
@@ -275,4 +279,36 @@ class FlowDecoder(nn.Module):
         return self.sample(z, lengths, length)
 
 
-__all__ = ["FlowBlock", "FlowDecoder", "flow_matching_loss", "integrate", "ot_path", "timestep_embedding"]
+@dataclass
+class FlowDecoderOptions:
+    """``model.decoder.options`` of ``model.decoder.kind: flow`` (:class:`FlowDecoder`'s sizes and
+    default sampler): an autoencoder arm whose decoder is generative.  Training regresses the
+    flow-matching velocity (the arm's ``loss/recon`` is then the flow-matching loss); evaluation
+    scores mels sampled with ``nfe`` steps."""
+
+    dim: int = 128
+    num_blocks: int = 4
+    ff_dim: int = 256
+    kernel_size: int = 7
+    time_dim: int = 64
+    sigma_min: float = 1e-4
+    cond_dropout: float = 0.2
+    nfe: int = 16
+    method: Literal["euler", "midpoint"] = "euler"
+    guidance: float = 0.0
+
+
+def _register() -> None:
+    from speechae.models.decoder import DecoderContext, register_decoder
+
+    @register_decoder("flow", options=FlowDecoderOptions)
+    def build_flow_decoder(opts: FlowDecoderOptions, ctx: DecoderContext) -> FlowDecoder:
+        """``flow``: :class:`FlowDecoder` conditioned on z (upsampled frame-locally)."""
+        return FlowDecoder(ctx.latent_dim, ctx.frame_ratio, num_mel_bins=ctx.num_mel_bins,
+                           **dataclasses.asdict(opts))
+
+
+_register()
+
+
+__all__ = ["FlowBlock", "FlowDecoder", "FlowDecoderOptions", "flow_matching_loss", "integrate", "ot_path", "timestep_embedding"]

@@ -40,8 +40,20 @@ def forward_losses(model: nn.Module, composer: nn.Module, batch: Batch,
     """One model call and the composer's terms on it: ``(total loss, float metrics)``."""
     plan = composer.plan(batch, step)
     feats, lens, mask = composer.model_inputs(batch, plan)
-    out = model(feats, lens, input_mask=mask)
+    out = model(feats, lens, input_mask=mask, **generative_target(model, batch, plan))
     return composer(out, batch, plan)
+
+
+def generative_target(model: nn.Module, batch: Batch, plan: Any) -> dict[str, Any]:
+    """``target`` / ``target_rows`` for a model whose decoder is generative (trained from the
+    clean log-mel of the clean rows); {} otherwise."""
+    decoder = getattr(model, "decoder", None)
+    if not getattr(decoder, "generative", False):
+        return {}
+    target = batch.get("target_features")
+    target = batch["features"] if target is None else target
+    b = batch["features"].shape[0]
+    return {"target": target, "target_rows": slice(b, 2 * b) if plan.double else None}
 
 
 class WaveformHead(nn.Module):
@@ -104,7 +116,7 @@ class AEModule(nn.Module):
             return forward_losses(self.model, self.composer, batch, step)
         plan = self.composer.plan(batch, step)
         feats, lens, mask = self.composer.model_inputs(batch, plan)
-        out = self.model(feats, lens, input_mask=mask)
+        out = self.model(feats, lens, input_mask=mask, **generative_target(self.model, batch, plan))
         total, metrics = self.composer(out, batch, plan)
         recon = out.recon[batch["features"].shape[0]:] if plan.double else out.recon
         wave, wave_metrics, fake, real = self.head(recon, batch)
@@ -136,8 +148,12 @@ class AutoencoderTask(Task):
         self.head: WaveformHead | None = None
         self.discriminator: nn.Module | None = None
         if cfg.waveform.enabled:
+            from speechae.config import ConfigError
             from speechae.models.discriminators import build_discriminator
 
+            if getattr(self.model.decoder, "generative", False):
+                raise ConfigError("waveform.enabled needs a log-mel decoder: the waveform head vocodes the "
+                                  "decoder's reconstruction, which a generative decoder only samples at evaluation")
             w = cfg.waveform
             self.head = WaveformHead(w).to(device)
             self.discriminator = build_discriminator(w.discriminator).to(device)
