@@ -111,7 +111,8 @@ class LossTerm:
 REGULARIZERS: Registry[LossTerm] = Registry("regularizer", builtins=("speechae.losses.sigreg", "speechae.losses.kl"))
 """Regularizers on z (``losses.regularizer``)."""
 
-SEMANTIC_OBJECTIVES: Registry[LossTerm] = Registry("semantic objective")
+SEMANTIC_OBJECTIVES: Registry[LossTerm] = Registry("semantic objective",
+                                                   builtins=("speechae.losses.semantic", "speechae.losses.ema_teacher"))
 """Semantic objectives (``losses.semantic``); the built-ins are registered below."""
 
 

@@ -140,6 +140,13 @@ class AutoencoderTask(Task):
         if cfg.train.compile:
             self.model.compile_parts()  # in place: parameter names and checkpoints unchanged
         self.composer = build_losses(cfg.losses, cfg.model.bottleneck.latent_dim).to(device)
+        # objectives that need the model itself (an EMA teacher of the encoder: ema_codebook)
+        self._after_update = []
+        for obj in self.composer.objectives.values():
+            if hasattr(obj, "attach"):
+                obj.attach(self.model)
+            if hasattr(obj, "after_update"):
+                self._after_update.append(obj)
         self.modules = {"model": self.model, "losses": self.composer}
         ae_params = list(self.model.named_parameters()) + [(f"composer.{n}", p) for n, p in
                                                           self.composer.named_parameters()]
@@ -193,8 +200,12 @@ class AutoencoderTask(Task):
 
     def train_step(self, batches: Sequence[Batch], step: int, updater: Updater) -> dict[str, float]:  # noqa: D102
         if self.head is None:
-            return updater.update("model", batches, lambda b: self.wrapped(b, step), module=self.wrapped)
-        return self._waveform_step(batches, step, updater)
+            metrics = updater.update("model", batches, lambda b: self.wrapped(b, step), module=self.wrapped)
+        else:
+            metrics = self._waveform_step(batches, step, updater)
+        for obj in self._after_update:  # e.g. the EMA teacher's step toward the updated encoder
+            metrics["train/teacher_decay"] = obj.after_update(step, self.model)
+        return metrics
 
     def _waveform_step(self, batches: Sequence[Batch], step: int, updater: Updater) -> dict[str, float]:
         """Autoencoder forward (with the vocoded windows) once per micro-batch; discriminator
