@@ -19,6 +19,7 @@ buffers (:func:`track_schedule`), so one graph serves every step and every batch
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Iterator
 
@@ -446,6 +447,52 @@ def zero_padded(x: Tensor, valid: Tensor | None) -> Tensor:
     if valid is None:
         return x
     return x * valid.unsqueeze(-1).to(x.dtype)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """``x * keep * scale`` saving only the bool mask (1 byte an element, not a float mask)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x.mul(keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None, None
+
+
+def keep_mask(shape: torch.Size | list[int], p: float, device: torch.device) -> tuple[Tensor, float]:
+    """i.i.d. bool keep mask of ``shape`` (each element dropped with probability ``p``, to within
+    2^-17) and the scale ``1 / P(keep)`` that keeps expectations unchanged.
+
+    Why not ``bernoulli_``: torch's CPU kernel draws a double per element (~13 ns an element on
+    one thread, 15 ms for a (4, 375, 768) mask; at preset M the 64 dropout masks of a training
+    step were 4.4 % of its CPU time in ``bernoulli_`` alone, torch.profiler).  Here each 64-bit
+    draw of the generator gives four uniform 16-bit integers, compared with ``round(p * 2^16)``:
+    ~1.3 ns an element (1.5 ms for the same mask), from the same seeded generator.
+    """
+    n = math.prod(shape)
+    threshold = round(p * 65536)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
+    keep = bits.view(torch.int16)[:n].view(shape) >= threshold - 32768
+    return keep, 65536.0 / (65536 - threshold)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (i.i.d. mask, same ``p``) with a faster mask on CPU: :func:`keep_mask`
+    instead of ``bernoulli_``, and a bool mask saved for backward instead of a float one.  On
+    other devices and while compiling it is ``nn.Dropout`` (fused kernels / the compiler's RNG)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or compiling() or self.inplace or self.p >= 1.0:
+            return super().forward(x)
+        keep, scale = keep_mask(x.shape, self.p, x.device)
+        return _MaskedScale.apply(x, keep, scale)
 
 
 class SharedDropout(nn.Module):
