@@ -43,7 +43,7 @@ a shared 2-core machine, so ratios move by ~0.1 between runs):
   What is left: the front-end (3x3 convs at 100/50 Hz, ~40 % of the encoder, at ~75 % of the
   matmul roofline, so only fewer FLOPs help), SIGReg's sin/cos over 1024 frames x 256
   directions x 17 knots (~10 % of the step), i.i.d. dropout masks (~5 %), many small ops.
-  bf16 autocast: x1.3 more (one round: 35 -> 46 audio-s/s).
+  bf16 autocast: x1.3 more (one round: 35 -> 46 audio-s/s; not confirmed interleaved, below).
 * M: 4.67 -> 6.34 audio-s/s (x1.36; x1.45-1.50 with time-shared dropout); decoder 2111 ->
   836 ms (41 -> 14 GFLOP forward: 4 x 256 layers at 25 Hz instead of 6 x 384), optimizer
   447 -> 296 ms (bandwidth-bound: fewer passes), saved memory 1645 -> 1263 MiB.  The step is
@@ -54,6 +54,11 @@ a shared 2-core machine, so ratios move by ~0.1 between runs):
   3.55 audio-s/s, 1368 MiB, 13.8 GFLOP/audio-s vs 7.4: the Zipformer step is x1.37 faster and
   its encoder x1.52.  tiny 29.9 -> 40.4 (x1.35); Transformer 4 x 160: 36.1 (step x1.12,
   encoder x1.03: the shared front-end dominates at these widths).
+* scaling.Dropout (i.i.d. masks from 16-bit slices of 64-bit draws instead of bernoulli_,
+  bool mask saved): M step x1.04 against nn.Dropout in one process, saved memory 1262 -> 1172
+  MiB; then against 7e60317~1 (3 rounds, --no-flops): M 4.58 -> 6.48 audio-s/s (x1.42), tiny
+  30.9 -> 41.6 (x1.35).  bf16 row (--bf16-row, same run): M 8.65 audio-s/s (x1.34 over fp32,
+  saved 678 MiB), tiny 38.3 (x0.92: casts outweigh the narrow matmuls).
 * Tried and dropped: time-shared dropout (reference behaviour; cost 3-5 % dev recon on the
   tiny recipe); a shifted multiply-add depthwise conv (faster alone, slower inside the conv
   module than oneDNN on the (B, C, T) view); im2col + matmul for the dense front-end convs
