@@ -55,7 +55,12 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
+            # builtins are named "speechae.<...>"; a copy of the package under another name
+            # (bench/bench_step.py --compare-ref imports an old revision as speechae_ref) loads its own
+            package = __name__.split(".")[0]
             for module in self._builtins:
+                if module.startswith("speechae.") and package != "speechae":
+                    module = package + module[len("speechae"):]
                 importlib.import_module(module)
 
     def get(self, name: str) -> T:

@@ -80,13 +80,22 @@ BAD_CELLS = {"", "nan", "none", "null", "n/a", "na", "-", "—", "todo", "tbd", 
 
 
 def get_path(d: Mapping[str, Any], path: str) -> Any:
-    """``d['a']['b']`` for ``path='a.b'``; None when missing."""
-    cur: Any = d
-    for p in path.split("."):
-        if not isinstance(cur, Mapping) or p not in cur:
-            return None
-        cur = cur[p]
-    return cur
+    """``d['a']['b']`` for ``path='a.b'``; None when missing.  A key may itself contain dots
+    (the waveform scores are flat keys such as ``waveform.stoi``): at each level the longest
+    matching key wins, so ``listening.system.waveform.stoi`` finds
+    ``d['listening']['system']['waveform.stoi']``."""
+    if not isinstance(d, Mapping):
+        return None
+    if path in d:
+        return d[path]
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:i])
+        if head in d:
+            got = get_path(d[head], ".".join(parts[i:]))
+            if got is not None:
+                return got
+    return None
 
 
 def _valid(v: Any) -> bool:

@@ -312,3 +312,14 @@ def test_intervals_of_bounded_metrics_stay_in_range() -> None:
     stats = C.summarize(runs)
     assert stats["speaker acc %"].ci[1] == 100.0 and stats["speaker acc %"].ci[0] < 90.0
     assert stats["phone PER %"].ci[1] > 100.0  # an error rate is not clipped (WER can exceed 100 %)
+
+
+def test_metric_paths_reach_flat_keys_with_dots() -> None:
+    """The waveform scores are flat keys (``waveform.stoi``) inside ``listening.system``."""
+    from speechae.eval.compare import METRICS, metric_value
+    from speechae.eval.report import get_path
+
+    m = {"listening": {"system": {"waveform.stoi": 0.7, "judges.asr_wer": 0.25}}, "abx": {"within_error_pct": 3.0}}
+    assert get_path(m, "listening.system.waveform.stoi") == 0.7 and get_path(m, "abx.within_error_pct") == 3.0
+    assert get_path(m, "listening.system.waveform.pesq_wb") is None and get_path(m, "abx.x") is None
+    assert metric_value(m, METRICS["STOI"]) == 0.7 and metric_value(m, METRICS["ASR WER %"]) == 25.0

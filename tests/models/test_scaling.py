@@ -179,3 +179,26 @@ def test_front_end_single_channel_conv_matches_conv2d() -> None:
     gb = torch.autograd.grad(b, [h, m.conv1.weight, m.conv1.bias], g)
     for u, v in zip(ga, gb):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_dropout_drops_iid_at_rate_p_and_scales_exactly() -> None:
+    from speechae.models.scaling import Dropout
+
+    torch.manual_seed(0)
+    p, n = 0.1, 1_000_000
+    drop = Dropout(p).train()
+    x = torch.rand(n) + 0.5  # no zeros: a zero output means dropped
+    x.requires_grad_(True)
+    y = drop(x)
+    kept = y != 0
+    frac = 1.0 - kept.float().mean().item()
+    assert abs(frac - p) < 0.002  # 3 sigma = 0.0009
+    scale = 65536.0 / (65536 - round(p * 65536))
+    torch.testing.assert_close(y[kept], x.detach()[kept] * scale)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() * scale)  # the gradient sees the same mask
+    # four 16-bit draws share one 64-bit word: neighbours must still be independent
+    pair = (~kept[0::2] & ~kept[1::2]).float().mean().item()
+    assert abs(pair - p * p) < 0.0015
+    drop.eval()
+    assert drop(x) is x
