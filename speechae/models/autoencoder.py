@@ -49,7 +49,34 @@ class EncodeOutput:
     stacks: list[StackOutput] | None = None
 
 
-class SpeechAE(nn.Module):
+class FrameRates:
+    """What the trainer and the evaluation read of a model besides its forward: the latent frame
+    rate and lengths, and the batch count that drives its ScheduledFloats.  Mixed into
+    :class:`SpeechAE` and :class:`speechae.models.uniwav.UniWav`, which set ``input_frame_rate``
+    (Hz), ``frame_ratio`` (input frames per latent frame) and ``batch_count``."""
+
+    input_frame_rate: float
+    frame_ratio: int
+    batch_count: float
+
+    @property
+    def latent_frame_rate(self) -> float:
+        """Latent (output) frames per second."""
+        return self.input_frame_rate / self.frame_ratio
+
+    def latent_lengths(self, feature_lens: Tensor) -> Tensor:
+        """Latent frames for ``feature_lens`` input frames: ceil(T / frame_ratio)."""
+        return torch.div(feature_lens + self.frame_ratio - 1, self.frame_ratio, rounding_mode="floor")
+
+    def set_batch_count(self, batch_count: float) -> None:
+        """Drive every ScheduledFloat (skip rates, bypass minima, ...) from the trainer."""
+        self.batch_count = float(batch_count)
+        for sf in iter_scheduled_floats(self):
+            sf.batch_count = self.batch_count
+        refresh_schedules(self)
+
+
+class SpeechAE(FrameRates, nn.Module):
     """encoder -> bottleneck -> decoder.
 
     Interfaces of the parts (duck-typed): ``encoder(features, lengths, return_stacks)`` returns
@@ -68,22 +95,6 @@ class SpeechAE(nn.Module):
         # in the scale of the first conv, learned from there.
         self.mask_embedding = nn.Parameter(torch.zeros(num_mel_bins))
         self.batch_count = 0.0
-
-    @property
-    def latent_frame_rate(self) -> float:
-        """Latent frames per second."""
-        return self.input_frame_rate / self.frame_ratio
-
-    def latent_lengths(self, feature_lens: Tensor) -> Tensor:
-        """Latent frames for ``feature_lens`` input frames: ceil(T / frame_ratio)."""
-        return torch.div(feature_lens + self.frame_ratio - 1, self.frame_ratio, rounding_mode="floor")
-
-    def set_batch_count(self, batch_count: float) -> None:
-        """Drive every ScheduledFloat (skip rates, bypass minima, ...) from the trainer."""
-        self.batch_count = float(batch_count)
-        for sf in iter_scheduled_floats(self):
-            sf.batch_count = self.batch_count
-        refresh_schedules(self)
 
     def compile_parts(self, **kwargs) -> None:
         """torch.compile the encoder and the decoder in place (parameter names and checkpoints

@@ -36,10 +36,9 @@ from torch import Tensor, nn
 
 from speechae.config import ConfigError, from_dict, resolve_choice
 from speechae.losses.masking import resample_lengthwise
-from speechae.models.autoencoder import AEOutput, EncodeOutput
+from speechae.models.autoencoder import AEOutput, EncodeOutput, FrameRates
 from speechae.models.builder import PRESETS, EncoderConfig
 from speechae.models.flow_decoder import FlowDecoder
-from speechae.models.scaling import iter_scheduled_floats, refresh_schedules
 from speechae.models.zipformer import ZipformerEncoder
 
 _OUTPUT_DOWNSAMPLING = {25.0: 2, 12.5: 4}  # as speechae.models.builder
@@ -91,7 +90,7 @@ class UniWavModelConfig:
     probe: Literal["output", "weighted_sum"] = "output"
 
 
-class UniWav(nn.Module):
+class UniWav(FrameRates, nn.Module):
     """Zipformer encoder + weighted layer sum + flow-matching decoder (module docstring)."""
 
     def __init__(self, encoder: ZipformerEncoder, decoder: FlowDecoder, num_mel_bins: int = 80,
@@ -106,22 +105,6 @@ class UniWav(nn.Module):
         self.layer_weights = nn.Parameter(torch.zeros(len(self.layer_dims)))
         self.mask_embedding = nn.Parameter(torch.zeros(num_mel_bins))
         self.batch_count = 0.0
-
-    @property
-    def latent_frame_rate(self) -> float:
-        """Frames per second of the probed features (the encoder output rate)."""
-        return self.input_frame_rate / self.frame_ratio
-
-    def latent_lengths(self, feature_lens: Tensor) -> Tensor:
-        """Output frames for ``feature_lens`` input frames: ceil(T / frame_ratio)."""
-        return torch.div(feature_lens + self.frame_ratio - 1, self.frame_ratio, rounding_mode="floor")
-
-    def set_batch_count(self, batch_count: float) -> None:
-        """Drive the encoder's ScheduledFloats (as :meth:`SpeechAE.set_batch_count`)."""
-        self.batch_count = float(batch_count)
-        for sf in iter_scheduled_floats(self):
-            sf.batch_count = self.batch_count
-        refresh_schedules(self)
 
     def layers(self, features: Tensor, feature_lens: Tensor,
                input_mask: Tensor | None = None) -> tuple[Any, list[Tensor]]:

@@ -262,10 +262,7 @@ class AutoencoderTask(Task):
     def log_media(self, batch: Batch, step: int, logger: Any) -> None:
         """Target/reconstruction spectrogram pairs and latent histograms."""
         out = self.model(batch["features"], batch["feature_lens"])
-        for i in range(min(self.cfg.train.num_images, out.recon.shape[0])):
-            n = int(batch["feature_lens"][i])
-            target = batch.get("target_features", batch["features"])[i, :n]
-            logger.log_spectrograms(step, f"valid/spectrogram_{i}", target, out.recon[i, :n])
+        log_spectrogram_pairs(logger, step, batch, out.recon, self.cfg.train.num_images)
         valid = torch.arange(out.z.shape[1], device=out.z.device)[None] < out.z_lengths[:, None]
         hists: dict[str, torch.Tensor] = {"latent/z": out.z[valid]}
         if out.z_mean is not None:
@@ -283,6 +280,9 @@ class AutoencoderTask(Task):
         return f"model: {n / 1e6:.2f}M parameters (+{h / 1e6:.2f}M in objective heads)"
 
 
-def legacy_modules(state: Mapping[str, Any]) -> dict[str, Any]:
-    """``modules`` of a checkpoint written before tasks existed (``model`` + ``losses``)."""
-    return {"model": state["model"], "losses": state.get("losses", {})}
+def log_spectrogram_pairs(logger: Any, step: int, batch: Batch, recon: torch.Tensor, num: int) -> None:
+    """The first ``num`` (clean target, reconstruction) log-mel pairs of a dev batch as images."""
+    for i in range(min(num, recon.shape[0])):
+        n = int(batch["feature_lens"][i])
+        target = batch.get("target_features", batch["features"])[i, :n]
+        logger.log_spectrograms(step, f"valid/spectrogram_{i}", target, recon[i, :n])

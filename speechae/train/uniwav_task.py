@@ -266,11 +266,10 @@ class UniWavTask(Task):
 
     def log_media(self, batch: Batch, step: int, logger: Any) -> None:
         """Target / sampled-mel spectrogram pairs and the layer weights."""
+        from speechae.train.ae_task import log_spectrogram_pairs
+
         out = self.model(batch["features"], batch["feature_lens"])
-        for i in range(min(self.cfg.train.num_images, out.recon.shape[0])):
-            n = int(batch["feature_lens"][i])
-            target = batch.get("target_features", batch["features"])[i, :n]
-            logger.log_spectrograms(step, f"valid/spectrogram_{i}", target, out.recon[i, :n])
+        log_spectrogram_pairs(logger, step, batch, out.recon, self.cfg.train.num_images)
         logger.log_histograms(step, {"uniwav/layer_weights": torch.softmax(self.model.layer_weights.detach(), 0)})
 
     def describe(self) -> str:  # noqa: D102
