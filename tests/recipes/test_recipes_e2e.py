@@ -106,16 +106,26 @@ def test_fixture_layouts(corpora: dict[str, Path]) -> None:
 
 
 @pytest.mark.slow
-def test_hindi_recipe_stages_0_5_from_nothing(tmp_path: Path, recipe_tools) -> None:  # noqa: ANN001
+def test_hindi_recipe_stages_0_6_from_nothing(tmp_path: Path, recipe_tools) -> None:  # noqa: ANN001
     """The recipe forked with tools/new_recipe.sh for Hindi: its own synthetic corpus (espeak-ng),
-    the shared stages, three arms trained a few steps, evaluated and compared."""
+    the shared stages, three arms trained a few steps, a vocoder trained a few steps (tiny size),
+    evaluated with the listening evaluation through it, and compared."""
+    import json
+
     recipe_copy, run_recipe, check_prepared = recipe_tools
     recipe = recipe_copy("hindi", tmp_path)
     run_recipe(recipe, "--num-speakers", "5", "--utts-per-speaker", "4", "--num-clusters", "8",
                "--model-size", "tiny", "--parallel-jobs", "2", "--train-threads", "1",
                "--train-overrides", "train.max_steps=2 train.valid_every=2 train.save_every=2 train.average_every=1",
-               "--eval-args", "--probe-epochs 1 --token-probe-epochs 1 --baselines fbank", timeout=900)
+               "--vocoder-overrides", "train.max_steps=2 train.valid_every=2 train.save_every=2 vocoder.preset=tiny "
+               "discriminator.mpd_channels=[4,8] discriminator.mrd_channels=4 data.batch_size=2 data.num_workers=0",
+               "--eval-args", "--probe-epochs 1 --token-probe-epochs 1 --baselines fbank --listen-utts 2 "
+               "--listen-judges speaker", timeout=900)
     check_prepared(recipe, "hindi", ["train", "dev", "test"])
+    assert (recipe / "exp" / "vocoder" / ".stage5.vocoder.done").is_file()
     for arm in ("none", "kl", "sigreg"):
-        assert (recipe / "exp" / f"tiny_{arm}_s1" / "eval" / "metrics.json").is_file()
+        metrics = json.loads((recipe / "exp" / f"tiny_{arm}_s1" / "eval" / "metrics.json").read_text())
+        listening = metrics["listening"]
+        assert listening["num_utterances"] == 2 and listening["vocoder"].endswith("exp/vocoder")
+        assert 0.0 <= listening["system"]["waveform.stoi"] <= 1.0 and "judges.speaker_sim" in listening["system"]
     assert (recipe / "exp" / "compare" / "compare.md").is_file()
