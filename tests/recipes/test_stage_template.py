@@ -19,6 +19,14 @@ FAKE = Path(__file__).with_name("fake_speechae")
 DATA = ["--stage", "0", "--stop-stage", "3"]
 
 
+def _default_signals() -> None:
+    """SIGINT/SIGQUIT at their defaults in run.sh: a test suite started in the background of a
+    non-interactive shell inherits them ignored, and bash cannot trap a signal that was ignored
+    when it started (the Ctrl-C test would then hang)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Recipe:
     """A copy of a recipe directory run with the fake speechae."""
 
@@ -46,7 +54,7 @@ class Recipe:
         self.stderr = self.root / "stderr.txt"
         with open(self.stderr, "w") as err:
             return subprocess.Popen(["bash", "run.sh", *args], cwd=self.dir, env=dict(self.env, **env), text=True,
-                                    stdout=subprocess.DEVNULL, stderr=err)
+                                    stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_default_signals)
 
     def finish(self, proc: subprocess.Popen) -> str:
         proc.wait(timeout=30)
