@@ -179,17 +179,26 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     return from_dict(ModelConfig, data, "model")
 
 
+def build_encoder(preset: str, overrides: EncoderConfig, output_rate: float,
+                  num_mel_bins: int) -> tuple[ZipformerEncoder, dict[str, Any]]:
+    """The Zipformer encoder of ``preset`` with the set keys of ``overrides``, at ``output_rate``
+    Hz; also returns its resolved settings.  Shared by every model that has this encoder
+    (:func:`build_model`, :func:`speechae.models.uniwav.build_uniwav`)."""
+    table = resolve_choice("model preset", preset, PRESETS)
+    if output_rate not in _OUTPUT_DOWNSAMPLING:
+        raise ConfigError(f"model.output_rate: {output_rate} is not one of {sorted(_OUTPUT_DOWNSAMPLING)}")
+    enc_kwargs = _merge(table["encoder"], overrides)
+    encoder = ZipformerEncoder(num_mel_bins=num_mel_bins, output_downsampling=_OUTPUT_DOWNSAMPLING[output_rate],
+                               **enc_kwargs)
+    return encoder, enc_kwargs
+
+
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> SpeechAE:
     """Build the SpeechAE described by ``cfg`` (a ModelConfig or its dict form)."""
     if not isinstance(cfg, ModelConfig):
         cfg = model_config_from_dict(cfg)
     preset = resolve_choice("model preset", cfg.preset, PRESETS)
-    if cfg.output_rate not in _OUTPUT_DOWNSAMPLING:
-        raise ConfigError(f"model.output_rate: {cfg.output_rate} is not one of {sorted(_OUTPUT_DOWNSAMPLING)}")
-    enc_kwargs = _merge(preset["encoder"], cfg.encoder)
-    encoder = ZipformerEncoder(num_mel_bins=cfg.num_mel_bins,
-                               output_downsampling=_OUTPUT_DOWNSAMPLING[cfg.output_rate],
-                               **enc_kwargs)
+    encoder, enc_kwargs = build_encoder(cfg.preset, cfg.encoder, cfg.output_rate, cfg.num_mel_bins)
     bn = cfg.bottleneck
     bottleneck = BOTTLENECKS.get(bn.kind).build(bn.settings(), BottleneckContext(encoder.output_dim, bn.latent_dim))
     dec = cfg.decoder

@@ -39,6 +39,17 @@ class DiscriminatorConfig:
     mrd_channels: int = 8
 
 
+def _conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """leaky-ReLU conv stack then the output conv: (flattened logits, every layer's feature map)."""
+    fmaps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmaps.append(x)
+    x = post(x)
+    fmaps.append(x)
+    return x.flatten(1), fmaps
+
+
 class PeriodDiscriminator(nn.Module):
     """HiFi-GAN period discriminator (Kong et al. 2020, Sec. 2.2): the waveform folded into
     ``(S / p, p)`` and 2D convolutions with ``(k, 1)`` kernels, so each column sees the samples
@@ -60,14 +71,7 @@ class PeriodDiscriminator(nn.Module):
         b, s = wav.shape
         if s % self.period:
             wav = F.pad(wav, (0, self.period - s % self.period), mode="reflect")
-        x = wav.reshape(b, 1, -1, self.period)
-        fmaps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.post(x)
-        fmaps.append(x)
-        return x.flatten(1), fmaps
+        return _conv_stack(wav.reshape(b, 1, -1, self.period), self.convs, self.post)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -92,14 +96,7 @@ class ResolutionDiscriminator(nn.Module):
         """``(B, S)`` -> logits ``(B, N)`` and the feature maps."""
         spec = torch.stft(wav.float(), self.n_fft, self.hop, self.win, self.window, center=True,
                           return_complex=True).abs()  # (B, bins, frames)
-        x = spec.transpose(1, 2).unsqueeze(1)  # (B, 1, frames, bins)
-        fmaps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.post(x)
-        fmaps.append(x)
-        return x.flatten(1), fmaps
+        return _conv_stack(spec.transpose(1, 2).unsqueeze(1), self.convs, self.post)  # (B, 1, frames, bins)
 
 
 class MultiPeriodDiscriminator(nn.Module):

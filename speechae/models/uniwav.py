@@ -26,7 +26,6 @@ not (for ``output``) the decoder input.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -34,14 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechae.config import ConfigError, from_dict, resolve_choice
+from speechae.config import from_dict
 from speechae.losses.masking import resample_lengthwise
 from speechae.models.autoencoder import AEOutput, EncodeOutput, FrameRates
-from speechae.models.builder import PRESETS, EncoderConfig
+from speechae.models.builder import EncoderConfig, build_encoder
 from speechae.models.flow_decoder import FlowDecoder
 from speechae.models.zipformer import ZipformerEncoder
 
-_OUTPUT_DOWNSAMPLING = {25.0: 2, 12.5: 4}  # as speechae.models.builder
 
 # Velocity-network sizes per preset, chosen so that decoder parameters match the autoencoder
 # arms' decoder + bottleneck of the same preset (latent_dim 32): tiny 0.486M vs 0.485M,
@@ -164,17 +162,7 @@ def build_uniwav(cfg: UniWavModelConfig | Mapping[str, Any]) -> UniWav:
     """Build the :class:`UniWav` described by ``cfg`` (a config or its dict form)."""
     if not isinstance(cfg, UniWavModelConfig):
         cfg = uniwav_config_from_dict(cfg)
-    preset = resolve_choice("model preset", cfg.preset, PRESETS)
-    if cfg.output_rate not in _OUTPUT_DOWNSAMPLING:
-        raise ConfigError(f"model.output_rate: {cfg.output_rate} is not one of {sorted(_OUTPUT_DOWNSAMPLING)}")
-    enc_kwargs = dict(preset["encoder"])
-    for f in dataclasses.fields(cfg.encoder):
-        value = getattr(cfg.encoder, f.name)
-        if value is not None:
-            enc_kwargs[f.name] = value
-    enc_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in enc_kwargs.items()}
-    encoder = ZipformerEncoder(num_mel_bins=cfg.num_mel_bins, output_downsampling=_OUTPUT_DOWNSAMPLING[cfg.output_rate],
-                               **enc_kwargs)
+    encoder, _ = build_encoder(cfg.preset, cfg.encoder, cfg.output_rate, cfg.num_mel_bins)
     d = cfg.decoder
     sizes = dict(FLOW_PRESETS[cfg.preset])
     sizes.update({k: getattr(d, k) for k in ("dim", "num_blocks", "ff_dim") if getattr(d, k) is not None})
